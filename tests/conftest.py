@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny corpus, a tiny model config, and an isolated working directory."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "timemachine.txt"
+
+# 200 characters of d2l-normalized text: small enough to memorise in seconds.
+TINY_TEXT = (
+    "the time traveller for so it will be convenient to speak of him was expounding a recondite matter to us "
+    "his grey eyes shone and twinkled and his usually pale face was flushed and animated the fire bur"
+)
+assert len(TINY_TEXT) == 200
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Every test runs in its own directory (so checkpoints/ is fresh) with a fixed seed and one thread."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    yield tmp_path
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def timemachine_dir(tmp_path_factory, monkeypatch) -> Path:
+    """A data directory holding the Time Machine (from ../shared or $TEXTRNN_DATA_DIR), set as TEXTRNN_DATA_DIR."""
+    import os
+
+    source = SHARED_CORPUS
+    if os.environ.get("TEXTRNN_DATA_DIR"):
+        candidate = Path(os.environ["TEXTRNN_DATA_DIR"]) / "timemachine.txt"
+        if candidate.is_file():
+            source = candidate
+    if not source.is_file():
+        pytest.skip("the Time Machine corpus is not available (set TEXTRNN_DATA_DIR)")
+    directory = tmp_path_factory.mktemp("data")
+    shutil.copy(source, directory / "timemachine.txt")
+    monkeypatch.setenv("TEXTRNN_DATA_DIR", str(directory))
+    return directory
+
+
+TINY_MODEL = {"hidden_size": 8, "num_layers": 1, "dropout": 0.0, "embedding_size": 8}
+TINY_TRAIN = {"batch_size": 2, "num_steps": 8, "max_seconds": 0, "max_steps": 6, "eval_every": 3, "warmup_steps": 0}

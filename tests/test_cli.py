@@ -1,0 +1,109 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from textrnn.cli import cli
+
+TINY = ["--hidden-size", "8", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "2", "--num-steps", "8",
+        "--max-steps", "6", "--eval-every", "3", "--max-seconds", "0"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def trained(tiny_corpus):
+    result = invoke("train", "--corpus", tiny_corpus, *TINY, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_train_json_is_one_object_with_the_documented_keys(trained):
+    assert set(trained) == {"tokens_per_sec", "train_perplexity", "val_perplexity", "best_val_perplexity",
+                            "val_bits_per_char", "steps", "tokens", "elapsed_sec", "checkpoint"}
+    assert trained["checkpoint"].startswith("checkpoints/gru-")
+
+
+def test_sample_and_eval_default_to_the_newest_run(trained):
+    result = invoke("sample", "--prefix", "the time", "--length", "20", "--seed", "1", "--json", "--num-samples", "2")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["samples"]) == 2 and all(s.startswith("the time") for s in data["samples"])
+    assert data["chars_per_sec"] > 0
+    again = json.loads(invoke("sample", "--prefix", "the time", "--length", "20", "--seed", "1", "--json", "--num-samples", "2").stdout)
+    assert again["samples"] == data["samples"]
+
+    result = invoke("eval", "--json", "--split", "val")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert set(metrics) == {"cross_entropy", "perplexity", "bits_per_char", "tokens", "unknown_tokens"}
+    assert metrics["perplexity"] == pytest.approx(trained["best_val_perplexity"], rel=1e-5)
+
+
+def test_eval_on_a_text_file_counts_unknown_characters(trained, tmp_path):
+    (tmp_path / "other.txt").write_text("the time traveller ZZZ", encoding="utf-8")
+    metrics = json.loads(invoke("eval", "--json", "--text-file", tmp_path / "other.txt").stdout)
+    assert metrics["unknown_tokens"] == 3 and metrics["tokens"] == 21
+
+
+def test_config_file_sets_options_and_flags_override_it(tiny_corpus, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'corpus = "{tiny_corpus}"\nhidden-size = 8\nnum_layers = 1\nbatch-size = 2\nnum-steps = 8\n'
+                      'max-steps = 100\nmax-seconds = 0\neval-every = 3\n')
+    result = invoke("train", "--config", config, "--max-steps", "3", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--hidden-size", "-5"], "--hidden-size must be at least 1"),
+        (["train", "--num-steps", "0"], "--num-steps must be at least 1"),
+        (["train", "--corpus", "missing.txt"], "missing.txt does not exist"),
+        (["train", "--batch-size", "500"], "smaller --batch-size"),
+        (["sample", "--prefix", "x"], "no trained runs"),
+        (["eval", "--checkpoint", "nowhere"], "does not exist"),
+        (["sample", "--temperature", "0", "--prefix", "x"], "--temperature must be positive"),
+    ],
+)
+def test_bad_input_is_one_clear_line_without_traceback(args, message, tiny_corpus):
+    if "--batch-size" in args:
+        args = [*args, "--corpus", str(tiny_corpus)]
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_empty_and_non_utf8_corpora_are_refused(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00abc")
+    assert "is empty" in invoke("train", "--corpus", tmp_path / "empty.txt").stderr
+    assert "not valid UTF-8" in invoke("train", "--corpus", tmp_path / "binary.txt").stderr
+
+
+def test_unknown_prefix_characters_and_corrupt_checkpoints(trained):
+    result = invoke("sample", "--prefix", "the @#")
+    assert result.exit_code == 1 and "'#@'" in result.stderr
+    run = trained["checkpoint"]
+    with open(f"{run}/best.pt", "wb") as out:
+        out.write(b"garbage")
+    result = invoke("eval", "--checkpoint", run)
+    assert result.exit_code == 1 and "not a readable textrnn checkpoint" in result.stderr
+
+
+def test_unknown_config_keys_and_recipes_are_refused(tmp_path):
+    (tmp_path / "bad.toml").write_text("hiden-size = 3\n")
+    result = invoke("train", "--config", tmp_path / "bad.toml")
+    assert result.exit_code == 2 and "hiden_size" in result.output
+    result = invoke("train", "--config", "no-such-recipe")
+    assert result.exit_code == 2 and "d2l-gru" in result.output
+
+
+def test_debug_shows_the_traceback():
+    result = invoke("sample", "--prefix", "x", "--debug")
+    assert result.exit_code == 1 and result.exception is not None

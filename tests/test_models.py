@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from textrnn.config import ModelConfig
+from textrnn.errors import TextrnnError
+from textrnn.models import CharLM
+from textrnn.nn import detach_state
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_shapes_and_state_for_every_cell(cell, one_hot):
+    config = ModelConfig(vocab_size=11, cell=cell, hidden_size=8, num_layers=2, dropout=0.0, embedding_size=5, one_hot=one_hot)
+    model = CharLM(config)
+    tokens = torch.randint(0, 11, (3, 7))
+    logits, state = model(tokens)
+    assert logits.shape == (3, 7, 11)
+    states = state if isinstance(state, tuple) else (state,)
+    assert all(s.shape == (2, 3, 8) for s in states)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_carrying_the_state_equals_one_long_forward(cell):
+    model = CharLM(ModelConfig(vocab_size=9, cell=cell, hidden_size=8, num_layers=2, dropout=0.0, embedding_size=4)).eval()
+    tokens = torch.randint(0, 9, (2, 12))
+    whole, _ = model(tokens)
+    first, state = model(tokens[:, :5])
+    second, _ = model(tokens[:, 5:], detach_state(state))
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_detach_state_cuts_the_graph_of_nested_states():
+    h = torch.ones(2, requires_grad=True) * 2
+    c = torch.ones(2, requires_grad=True) * 3
+    detached = detach_state((h, c))
+    assert isinstance(detached, tuple) and not any(part.requires_grad for part in detached)
+    assert detach_state(None) is None
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"hidden_size": -5}, "--hidden-size"),
+        ({"num_layers": 0}, "--num-layers"),
+        ({"dropout": 1.0}, "--dropout"),
+        ({"cell": "transformer"}, "unknown cell"),
+    ],
+)
+def test_impossible_sizes_are_refused(options, message):
+    with pytest.raises(TextrnnError, match=message):
+        ModelConfig(vocab_size=5, **options)

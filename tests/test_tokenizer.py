@@ -1,0 +1,61 @@
+import re
+
+import pytest
+
+from textrnn.errors import TextrnnError
+from textrnn.tokenizer import CharTokenizer
+
+
+def test_vocabulary_is_sorted_characters_after_unk():
+    tokenizer = CharTokenizer.build("cab a", "none")
+    assert tokenizer.vocab_size == 5
+    assert tokenizer.encode("abc ").tolist() == [2, 3, 4, 1]
+
+
+def test_round_trip_keeps_every_character_with_none():
+    text = "Héllo,\nwörld! 日本 😀\r\n"
+    tokenizer = CharTokenizer.build(text, "none")
+    ids = tokenizer.encode(text)
+    assert len(ids) == len(text)
+    assert tokenizer.decode(ids) == text
+
+
+def test_unknown_characters_map_to_unk_and_are_named():
+    tokenizer = CharTokenizer.build("abc", "none")
+    ids = tokenizer.encode("abxcy")
+    assert ids.tolist() == [1, 2, 0, 3, 0]
+    assert (ids == tokenizer.unk_id).sum() == 2
+    assert tokenizer.unknown_characters("abxcy") == ["x", "y"]
+
+
+def test_d2l_normalization_matches_the_book():
+    raw = "The Time-Traveller (for so it will be convenient...)\n\nwas 42 years OLD."
+    tokenizer = CharTokenizer.build("abcdefghijklmnopqrstuvwxyz ", "d2l")
+    expected = re.sub("[^A-Za-z]+", " ", raw).lower()
+    assert tokenizer.normalize(raw) == expected
+    assert tokenizer.decode(tokenizer.encode(raw)) == expected
+    assert tokenizer.unknown_characters("Time Traveller!") == []
+
+
+def test_saved_json_loads_back_identically(tmp_path):
+    tokenizer = CharTokenizer.build("hello world", "d2l")
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tokenizer.to_json())
+    loaded = CharTokenizer.load(path)
+    assert loaded.vocab_size == tokenizer.vocab_size
+    assert loaded.encode("Hello, World").tolist() == tokenizer.encode("Hello, World").tolist()
+
+
+def test_loading_a_foreign_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text("{not json")
+    with pytest.raises(TextrnnError, match="not a readable tokenizer.json"):
+        CharTokenizer.load(path)
+
+
+def test_long_text_is_encoded_in_pieces_without_loss():
+    text = "abcdefghij" * 20_000  # longer than one encoding chunk
+    tokenizer = CharTokenizer.build("abcdefghij", "none")
+    ids = tokenizer.encode(text)
+    assert len(ids) == len(text)
+    assert tokenizer.decode(ids[-10:]) == "abcdefghij"

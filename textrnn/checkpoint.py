@@ -1,0 +1,172 @@
+"""The only place that writes and reads run directories.
+
+A run directory holds::
+
+    config.json      format version, model / train configs, tokenizer and data description
+    tokenizer.json   the HF tokenizer (normalization included)
+    last.pt          weights and trainer state of the latest checkpoint (exact resume)
+    best.pt          weights with the best validation perplexity so far
+    metrics.jsonl    one JSON object per evaluation
+
+Every file is written to a temporary file in the same directory and renamed into
+place, so a crash never leaves a half-written file. ``.pt`` files are read with
+``torch.load(weights_only=True)``: tensors, numbers, strings and containers only,
+never arbitrary objects. Tensors are mapped to the CPU when read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from textrnn.atomic import atomic_write
+from textrnn.config import ModelConfig, TrainConfig, from_dict
+from textrnn.errors import TextrnnError
+from textrnn.tokenizer import CharTokenizer
+
+FORMAT = "textrnn-run"
+FORMAT_VERSION = 1
+CHECKPOINT_ROOT = Path("checkpoints")
+WEIGHTS = ("best", "last")
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_tensors(path: Path, payload: dict) -> None:
+    atomic_write(path, lambda out: torch.save(payload, out))
+
+
+def read_tensors(path: Path) -> dict:
+    """Load a ``.pt`` file safely; any failure is one clear error."""
+    if not path.is_file():
+        raise TextrnnError(f"{path} is missing: the run directory is incomplete")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt zip, truncated file, or a pickle that wants to run code
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TextrnnError(
+            f"{path} is not a readable textrnn checkpoint ({first_line[:160]}); it was not loaded"
+        ) from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise TextrnnError(f"{path} is not a textrnn checkpoint (no model weights in it)")
+    return payload
+
+
+def run_config(model_config: ModelConfig, train_config: TrainConfig, normalize: str, data: dict) -> dict:
+    import dataclasses
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "charlm",
+        "model": dataclasses.asdict(model_config),
+        "train": dataclasses.asdict(train_config),
+        "tokenizer": {"type": "char", "normalize": normalize, "file": "tokenizer.json"},
+        "data": data,
+    }
+
+
+def start_run(run_dir: Path, config: dict, tokenizer: CharTokenizer) -> None:
+    """Create a run directory with its config and tokenizer; refuse to overwrite another run."""
+    if (run_dir / "config.json").exists():
+        raise TextrnnError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "tokenizer.json", tokenizer.to_json().encode())
+        write_json(run_dir / "config.json", config)
+    except OSError as error:
+        raise TextrnnError(
+            f"cannot write the run directory {run_dir} ({error.strerror}): choose another --out"
+        ) from None
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
+        out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise TextrnnError(
+            f"{run_dir} is not a textrnn run directory (no config.json): give the directory `textrnn train` wrote"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TextrnnError(f"{path} is corrupt ({error}): the run cannot be loaded") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise TextrnnError(f"{path} is not a textrnn run config")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise TextrnnError(
+            f"{path} has format version {config.get('format_version')!r}; this textrnn reads version {FORMAT_VERSION}: "
+            "use the textrnn version that wrote it"
+        )
+    return config
+
+
+def resolve_run(checkpoint: str | Path | None) -> tuple[Path, str | None]:
+    """``--checkpoint`` (a run directory, a ``.pt`` file in one, or None for the newest run) -> (dir, weights)."""
+    if checkpoint is None:
+        return newest_run(), None
+    path = Path(checkpoint)
+    if path.is_file() and path.suffix == ".pt":
+        return path.parent, path.stem
+    if not path.exists():
+        raise TextrnnError(f"checkpoint {path} does not exist: give a run directory written by `textrnn train`")
+    return path, None
+
+
+def newest_run(root: Path = CHECKPOINT_ROOT) -> Path:
+    runs = [p for p in root.glob("*/config.json")] if root.is_dir() else []
+    runs = [p.parent for p in runs if any((p.parent / f"{w}.pt").is_file() for w in WEIGHTS)]
+    if not runs:
+        raise TextrnnError(
+            f"no trained runs in {root.resolve()}: train one with `textrnn train`, or give --checkpoint DIR"
+        )
+    return max(
+        runs, key=lambda run: max((run / f"{w}.pt").stat().st_mtime for w in WEIGHTS if (run / f"{w}.pt").is_file())
+    )
+
+
+def load_run(checkpoint: str | Path | None = None, weights: str | None = None, device: str | torch.device = "cpu"):
+    """Load ``(model, tokenizer, config)`` from a run directory (best weights unless told otherwise)."""
+    from textrnn.models import CharLM
+
+    run_dir, from_path = resolve_run(checkpoint)
+    weights = weights or from_path
+    config = read_config(run_dir)
+    tokenizer = CharTokenizer.load(run_dir / "tokenizer.json")
+    try:
+        model_config = from_dict(ModelConfig, config["model"])
+    except (KeyError, TypeError) as error:
+        raise TextrnnError(f"{run_dir / 'config.json'} has no valid model config ({error})") from None
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise TextrnnError(
+            f"{run_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model was built for "
+            f"{model_config.vocab_size}: the tokenizer does not belong to these weights"
+        )
+    if weights is None:
+        weights = "best" if (run_dir / "best.pt").is_file() else "last"
+    if weights not in WEIGHTS:
+        raise TextrnnError(f"unknown weights {weights!r}: choose best or last")
+    payload = read_tensors(run_dir / f"{weights}.pt")
+    model = CharLM(model_config)
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise TextrnnError(
+            f"{run_dir / (weights + '.pt')} does not match its config.json ({str(error).splitlines()[0]})"
+        ) from None
+    model.to(device).eval()
+    config["run_dir"] = str(run_dir)
+    config["weights"] = weights
+    return model, tokenizer, config
+
+
+def train_config_of(config: dict) -> TrainConfig:
+    return from_dict(TrainConfig, config["train"])

@@ -1,0 +1,352 @@
+"""Thin click commands: parse options, build configs, call the library, print.
+
+Bad input raises ``TextrnnError`` in the library; here it becomes one line on stderr
+and exit status 1 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import signal
+import sys
+import time
+import tomllib
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from textrnn.config import CELLS, DEVICES, NORMALIZATIONS, OPTIMIZERS, PARTITIONS, SCHEDULES, ModelConfig, TrainConfig
+from textrnn.errors import TextrnnError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def command(function):
+    """Add ``--debug`` and turn expected failures into one clear line."""
+
+    @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
+    @functools.wraps(function)
+    def wrapper(*args, debug: bool, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except TextrnnError as error:
+            if debug:
+                raise
+            _fail(str(error))
+        except OSError as error:  # disk full, permission denied, ...
+            if debug:
+                raise
+            where = f" ({error.filename})" if error.filename else ""
+            _fail(f"{error.strerror or error}{where}")
+
+    return wrapper
+
+
+def _recipe_path(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    recipe = resources.files("textrnn") / "recipes" / f"{name}.toml"
+    if recipe.is_file():
+        return Path(str(recipe))
+    available = sorted(
+        p.name[:-5] for p in (resources.files("textrnn") / "recipes").iterdir() if p.name.endswith(".toml")
+    )
+    raise click.BadParameter(
+        f"{name} is neither a TOML file nor a recipe ({', '.join(available)})", param_hint="--config"
+    )
+
+
+def _load_config(context: click.Context, parameter: click.Parameter, value: str | None):
+    """``--config FILE.toml|RECIPE``: its keys become the defaults, so flags given override them."""
+    if value is None:
+        return None
+    path = _recipe_path(value)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise click.BadParameter(f"{path} is not valid TOML ({error})", param_hint="--config") from None
+    known = {p.name for p in context.command.params} - {"config", "debug", "json_output"}
+    settings = {key.replace("-", "_"): item for key, item in data.items()}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise click.BadParameter(f"{path} sets unknown options {unknown}", param_hint="--config")
+    context.default_map = {**(context.default_map or {}), **settings}
+    return str(path)
+
+
+def _given(values: dict, cls) -> dict:
+    names = {field.name for field in dataclasses.fields(cls)}
+    return {key: item for key, item in values.items() if key in names and item is not None}
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="textrnn")
+def cli() -> None:
+    """Recurrent character language models: train, sample, evaluate."""
+
+
+@cli.command()
+@click.option(
+    "--config",
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file or recipe name (d2l-gru, quick) whose keys set any option; flags override it.",
+)
+@click.option("--corpus", help="Built-in corpus (timemachine) or a UTF-8 text file.  [default: timemachine]")
+@click.option(
+    "--normalize",
+    type=click.Choice(NORMALIZATIONS),
+    help="d2l: lowercase letters and single spaces; none: every character.  [default: d2l for timemachine, none for files]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache directory for built-in corpora.  [default: $TEXTRNN_DATA_DIR, else corpora/, else ~/.cache/textrnn]",
+)
+@click.option("--val-fraction", type=float, help="Fraction of the token stream for validation.  [default: 0.05]")
+@click.option("--test-fraction", type=float, help="Fraction of the token stream for test (the end).  [default: 0.05]")
+@click.option("--cell", type=click.Choice(CELLS), help="Recurrent cell.  [default: gru]")
+@click.option("--hidden-size", type=int, help="Hidden units per layer.  [default: 512]")
+@click.option("--num-layers", type=int, help="Stacked recurrent layers.  [default: 2]")
+@click.option(
+    "--dropout", type=float, help="Dropout on embeddings, between layers and before the head.  [default: 0.3]"
+)
+@click.option("--embedding-size", type=int, help="Embedding width.  [default: 64]")
+@click.option(
+    "--one-hot/--embedding",
+    default=None,
+    help="One-hot inputs as in the d2l book, or a learned embedding.  [default: embedding]",
+)
+@click.option(
+    "--partition",
+    type=click.Choice(PARTITIONS),
+    help="sequential: state carried across batches; random: reset each batch.  [default: sequential]",
+)
+@click.option("--batch-size", type=int, help="Rows per batch.  [default: 32]")
+@click.option("--num-steps", type=int, help="Time steps per batch (truncated BPTT length).  [default: 64]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adamw]")
+@click.option("--lr", type=float, help="Peak learning rate.  [default: 0.003]")
+@click.option("--weight-decay", type=float, help="Weight decay on weight matrices.  [default: 0.1]")
+@click.option("--clip", type=float, help="Gradient-norm clipping threshold; 0 turns it off.  [default: 1.0]")
+@click.option(
+    "--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warm-up.  [default: cosine]"
+)
+@click.option("--warmup-steps", type=int, help="Linear warm-up steps.  [default: 100]")
+@click.option("--epochs", type=int, help="Stop after this many epochs.")
+@click.option("--max-steps", type=int, help="Stop after this many steps.")
+@click.option("--max-seconds", type=float, help="Stop after this much wall time; 0: no time limit.  [default: 290]")
+@click.option("--eval-every", type=int, help="Steps between validations and checkpoints.  [default: 200]")
+@click.option("--seed", type=int, help="Random seed.  [default: 0]")
+@click.option("--device", type=click.Choice(DEVICES), help="[default: auto]")
+@click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's choice]")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory.  [default: checkpoints/<cell>-<date-time>]",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out (default: the newest run) from its last checkpoint."
+)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
+@command
+def train(out, resume, data_dir, threads, json_output, **options):
+    """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
+    from textrnn.checkpoint import newest_run
+    from textrnn.train import train as run_training
+
+    model_config = ModelConfig(**_given(options, ModelConfig))
+    train_config = TrainConfig(**_given(options, TrainConfig))
+    if threads is not None:
+        if threads < 1:
+            raise TextrnnError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    if resume and out is None:
+        out = newest_run()
+    if out is None:
+        out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
+
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        click.echo("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", err=True)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    printer = _TrainPrinter()
+    try:
+        summary = run_training(
+            model_config,
+            train_config,
+            out,
+            resume=resume,
+            data_dir=data_dir,
+            callback=printer,
+            should_stop=lambda: bool(stop_requested),
+        )
+    finally:
+        printer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    interrupted = summary.pop("interrupted")
+    if json_output:
+        click.echo(json.dumps(summary))
+    else:
+        click.echo(
+            f"best validation perplexity {_number(summary['best_val_perplexity'])} "
+            f"(last {_number(summary['val_perplexity'])}, {_number(summary['val_bits_per_char'])} bits/char) "
+            f"after {summary['steps']:,} steps, {summary['tokens']:,} tokens, {summary['elapsed_sec']:.0f} s, "
+            f"{summary['tokens_per_sec']:,.0f} tokens/s\nsaved in {summary['checkpoint']}"
+        )
+    if interrupted:
+        click.echo(f"interrupted: continue with  textrnn train --out {out} --resume", err=True)
+        sys.exit(130)
+    if not json_output:
+        click.echo('next: textrnn sample --prefix "time traveller"   or   textrnn eval')
+
+
+class _TrainPrinter:
+    """Turns trainer events into a tqdm bar and one line per evaluation, all on stderr."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event: str, info: dict) -> None:
+        from tqdm import tqdm
+
+        if event == "start":
+            data = info["data"]
+            tokens = data["tokens"]
+            resumed = f", resumed at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
+            tqdm.write(
+                f"training {info['parameters']:,} parameters on {data['corpus']} ({data['normalize']} normalization; "
+                f"{tokens['train']:,} train / {tokens['val']:,} val / {tokens['test']:,} test tokens) on {info['device']}{resumed}\n"
+                f"run directory: {info['run_dir']}",
+                file=sys.stderr,
+            )
+            self.bar = tqdm(
+                total=1000,
+                unit="",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+            )
+        elif event == "step" and self.bar is not None:
+            target = min(1000, int(info["progress"] * 1000))
+            if target > self.bar.n:
+                self.bar.update(target - self.bar.n)
+        elif event == "log" and self.bar is not None:
+            self.bar.set_postfix_str(
+                f"step {info['step']:,} train ppl {info['train_perplexity']:.3f} {info['tokens_per_sec']:,.0f} tok/s",
+                refresh=False,
+            )
+        elif event == "eval":
+            mark = " *" if info["improved"] else ""
+            tqdm.write(
+                f"step {info['step']:>6,}  train ppl {_number(info['train_perplexity'])}  val ppl {_number(info['val_perplexity'])}"
+                f"  val bpc {_number(info['val_bits_per_char'])}  {info['tokens_per_sec']:,.0f} tok/s  {info['elapsed_sec']:.0f} s{mark}",
+                file=sys.stderr,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@cli.command()
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest run in checkpoints/]"
+)
+@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@click.option("--prefix", default="", help="Text to continue; every sample starts with it.")
+@click.option("--length", type=int, default=200, show_default=True, help="Characters to generate.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Below 1: safer text; above 1: wilder.")
+@click.option("--top-k", type=int, help="Sample among the k most likely characters only.")
+@click.option("--top-p", type=float, help="Sample among the most likely characters whose probabilities sum to p.")
+@click.option("--greedy", is_flag=True, help="Always take the most likely character.")
+@click.option("--seed", type=int, help="Random seed: the same seed gives the same text.")
+@click.option("--num-samples", type=int, default=1, show_default=True, help="Independent continuations.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def sample(checkpoint, weights, prefix, device, json_output, **options):
+    """Generate text that continues --prefix."""
+    from textrnn.checkpoint import load_run
+    from textrnn.config import SampleConfig
+    from textrnn.sample import generate
+    from textrnn.train import resolve_device
+
+    config = SampleConfig(**options)
+    model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
+    started = time.perf_counter()
+    samples = generate(model, prefix, config, tokenizer=tokenizer)
+    seconds = time.perf_counter() - started
+    chars_per_sec = config.length * config.num_samples / max(seconds, 1e-9)
+    if json_output:
+        click.echo(json.dumps({"samples": samples, "chars_per_sec": chars_per_sec}, ensure_ascii=False))
+    else:
+        click.echo("\n\n".join(samples))
+
+
+@cli.command("eval")
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest run in checkpoints/]"
+)
+@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@click.option(
+    "--split",
+    type=click.Choice(["test", "val", "train"]),
+    default="test",
+    show_default=True,
+    help="Split of the run's corpus to evaluate.",
+)
+@click.option("--text-file", type=click.Path(path_type=Path), help="Evaluate on this UTF-8 file instead of a split.")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache directory for built-in corpora."
+)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_output):
+    """Cross-entropy, perplexity and bits per character, with the state carried through the whole text."""
+    from textrnn.checkpoint import load_run
+    from textrnn.evaluate import evaluate_split, evaluate_text
+    from textrnn.train import resolve_device
+
+    model, tokenizer, config = load_run(checkpoint, weights, resolve_device(device))
+    if text_file is not None:
+        result = evaluate_text(model, tokenizer, text_file)
+        source = str(text_file)
+    else:
+        result = evaluate_split(model, tokenizer, config, split, data_dir)
+        source = f"{config['data']['corpus']} {split} split"
+    if json_output:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(
+            f"{source} ({config['run_dir']}, {config['weights']} weights): perplexity {result['perplexity']:.4f}, "
+            f"{result['bits_per_char']:.4f} bits/char, cross-entropy {result['cross_entropy']:.4f} nats "
+            f"over {result['tokens']:,} tokens ({result['unknown_tokens']:,} unknown)"
+        )
+
+
+def main() -> None:
+    cli(prog_name="textrnn")

@@ -1,0 +1,140 @@
+"""Frozen dataclass configs.
+
+They are stored in the checkpoint as plain JSON (``dataclasses.asdict``) and rebuilt
+with ``Config(**d)``. The defaults of ``ModelConfig`` and ``TrainConfig`` are the
+default recipe: the best setup we found for the Time Machine on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from textrnn.errors import TextrnnError
+
+CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant")
+PARTITIONS = ("sequential", "random")
+NORMALIZATIONS = ("d2l", "none")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise TextrnnError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a character language model: embedding -> recurrent encoder -> head."""
+
+    vocab_size: int = 0  # filled in from the tokenizer
+    cell: str = "gru"
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.3
+    embedding_size: int = 64
+    one_hot: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.cell in CELLS, f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
+        _require(self.hidden_size >= 1, f"--hidden-size must be at least 1, got {self.hidden_size}")
+        _require(self.num_layers >= 1, f"--num-layers must be at least 1, got {self.num_layers}")
+        _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _require(self.embedding_size >= 1, f"--embedding-size must be at least 1, got {self.embedding_size}")
+        _require(self.vocab_size >= 0, f"vocab_size must be non-negative, got {self.vocab_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Data, optimisation and run-length settings of one training run."""
+
+    corpus: str = "timemachine"
+    normalize: str | None = None  # None: d2l for built-in corpora, none for files
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    partition: str = "sequential"
+    batch_size: int = 32
+    num_steps: int = 64
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    ema_decay: float = 0.0  # 0: off; else evaluate and keep an exponential moving average of the weights
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    epochs: int | None = None
+    max_steps: int | None = None
+    max_seconds: float | None = 290.0
+    eval_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.partition in PARTITIONS, f"unknown partition {self.partition!r}: choose one of {', '.join(PARTITIONS)}"
+        )
+        _require(
+            self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+        )
+        _require(
+            self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"
+        )
+        _require(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        _require(
+            self.normalize is None or self.normalize in NORMALIZATIONS,
+            f"unknown normalization {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}",
+        )
+        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        _require(self.num_steps >= 1, f"--num-steps must be at least 1, got {self.num_steps}")
+        _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        _require(self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}")
+        _require(self.clip >= 0, f"--clip must be non-negative (0 turns clipping off), got {self.clip}")
+        _require(0.0 <= self.ema_decay < 1.0, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        _require(self.warmup_steps >= 0, f"--warmup-steps must be non-negative, got {self.warmup_steps}")
+        _require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
+        _require(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        _require(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
+        _require(
+            self.max_seconds is None or self.max_seconds >= 0,
+            f"--max-seconds must be non-negative (0: no time limit), got {self.max_seconds}",
+        )
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _require(0.0 < value < 0.5, f"--{name.replace('_', '-')} must be in (0, 0.5), got {value}")
+        _require(
+            self.epochs is not None or self.max_steps is not None or self.max_seconds,
+            "the run has no end: give --epochs, --max-steps or a positive --max-seconds",
+        )
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to draw text from a language model."""
+
+    length: int = 200
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+    num_samples: int = 1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.length >= 0, f"--length must be non-negative, got {self.length}")
+        _require(
+            self.temperature > 0,
+            f"--temperature must be positive, got {self.temperature}; use --greedy for the most likely text",
+        )
+        _require(self.top_k is None or self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}")
+        _require(self.top_p is None or 0.0 < self.top_p <= 1.0, f"--top-p must be in (0, 1], got {self.top_p}")
+        _require(self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}")
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a config from JSON, naming unknown keys instead of raising a TypeError."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    _require(not unknown, f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(names)}")
+    return cls(**data)

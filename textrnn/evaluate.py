@@ -1,0 +1,86 @@
+"""Perplexity and bits per character with the state carried through the whole text.
+
+The text is read as one stream: every token after the first is predicted from all of
+the text before it (in chunks, state carried), so the figure is exact rather than an
+average over independent windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch.nn import functional as F
+
+EVAL_CHUNK = 1024  # time steps per forward call; any value gives the same result
+
+
+@torch.no_grad()
+def cross_entropy_sum(model, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy (nats, a 0-d tensor on the model's device) over ``tokens[1:]``, and that count."""
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = tokens[:-1].unsqueeze(0)
+        targets = tokens[1:]
+        total = torch.zeros((), device=tokens.device)
+        state = None
+        for start in range(0, targets.numel(), EVAL_CHUNK):
+            logits, state = model(inputs[:, start : start + EVAL_CHUNK], state)
+            total += F.cross_entropy(logits[0].float(), targets[start : start + EVAL_CHUNK], reduction="sum")
+    finally:
+        model.train(was_training)
+    return total, targets.numel()
+
+
+def metrics_from_sum(nats: float, count: int) -> dict:
+    """Cross-entropy per token (nats), perplexity and bits per character (one character per token)."""
+    cross_entropy = nats / count
+    return {
+        "cross_entropy": cross_entropy,
+        "perplexity": math.exp(cross_entropy),
+        "bits_per_char": cross_entropy / math.log(2),
+        "tokens": count,
+    }
+
+
+def perplexity(model, tokens: torch.Tensor, unk_id: int | None = 0) -> dict:
+    """Exact metrics of ``model`` on a token stream ``(N,)``: see ``metrics_from_sum``, plus unknown tokens."""
+    if tokens.numel() < 2:
+        raise ValueError("perplexity needs at least two tokens")
+    total, count = cross_entropy_sum(model, tokens)
+    result = metrics_from_sum(float(total), count)
+    result["unknown_tokens"] = 0 if unk_id is None else int((tokens == unk_id).sum())
+    return result
+
+
+def evaluate_text(model, tokenizer, path) -> dict:
+    """Exact metrics on a UTF-8 text file (normalized as the model's training text was)."""
+    from textrnn.corpus import read_text
+    from textrnn.errors import TextrnnError
+
+    ids = tokenizer.encode(read_text(path))
+    if len(ids) < 2:
+        raise TextrnnError(f"{path} has {len(ids)} tokens after normalization: evaluation needs at least two")
+    device = next(model.parameters()).device
+    return perplexity(model, torch.as_tensor(ids, device=device), tokenizer.unk_id)
+
+
+def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None) -> dict:
+    """Exact metrics on one split of the corpus a run was trained on (checked by its sha1)."""
+    from textrnn.checkpoint import train_config_of
+    from textrnn.corpus import BUILTIN, load_splits
+    from textrnn.errors import TextrnnError
+
+    train_config = train_config_of(run_config)
+    if train_config.corpus not in BUILTIN:  # a relative path may point elsewhere from here
+        train_config = dataclasses.replace(train_config, corpus=run_config["data"]["path"])
+    _, splits, data = load_splits(train_config, data_dir, tokenizer)
+    if data["sha1"] != run_config["data"]["sha1"]:
+        raise TextrnnError(
+            f"{data['path']} is not the text this run was trained on (sha1 differs), so its {split} split is not "
+            "the same text: evaluate a file with --text-file instead"
+        )
+    device = next(model.parameters()).device
+    return perplexity(model, torch.as_tensor(splits[split], device=device), tokenizer.unk_id)

@@ -1,0 +1,88 @@
+"""Character tokenizer backed by HF ``tokenizers``, saved as ``tokenizer.json``.
+
+The normalization (``d2l``: letters lowercased, every other run of characters one
+space) lives inside the tokenizer, so any tool that loads ``tokenizer.json`` sees
+text exactly as the model did. Id 0 is ``<unk>``; the other ids are the characters
+of the training split, sorted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from textrnn.errors import TextrnnError
+
+UNK = "<unk>"
+_CHUNK = 1 << 16  # characters per piece handed to the (parallel) batch encoder
+
+
+def make_normalizer(mode: str):
+    if mode == "d2l":
+        return normalizers.Sequence([normalizers.Replace(Regex("[^A-Za-z]+"), " "), normalizers.Lowercase()])
+    if mode == "none":
+        return None
+    raise TextrnnError(f"unknown normalization {mode!r}: choose d2l or none")
+
+
+class CharTokenizer:
+    """One token per Unicode character; unknown characters become ``<unk>``."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.backend = tokenizer
+        vocab = tokenizer.get_vocab()
+        if vocab.get(UNK) != 0:
+            raise TextrnnError("tokenizer.json is not a textrnn character tokenizer (no <unk> at id 0)")
+        self.vocab_size = len(vocab)
+        self.unk_id = 0
+        self._id_to_char = [""] * self.vocab_size
+        for token, index in vocab.items():
+            self._id_to_char[index] = token
+        self._id_to_char[self.unk_id] = "\ufffd"  # decoded <unk>: the replacement character
+
+    @classmethod
+    def build(cls, normalized_training_text: str, normalize: str) -> CharTokenizer:
+        """A vocabulary of the characters in already normalized training text."""
+        vocab = {UNK: 0}
+        for char in sorted(set(normalized_training_text)):
+            vocab[char] = len(vocab)
+        backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        normalizer = make_normalizer(normalize)
+        if normalizer is not None:
+            backend.normalizer = normalizer
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
+        return cls(backend)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharTokenizer:
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as error:  # the Rust side raises plain Exception
+            if isinstance(error, TextrnnError):
+                raise
+            raise TextrnnError(f"{path} is not a readable tokenizer.json ({error})") from None
+
+    def to_json(self) -> str:
+        return self.backend.to_str(pretty=True)
+
+    def normalize(self, text: str) -> str:
+        normalizer = self.backend.normalizer
+        return text if normalizer is None else normalizer.normalize_str(text)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` (normalized first), as int64, one per character."""
+        text = self.normalize(text)
+        pieces = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)]
+        ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in self.backend.encode_batch(pieces)]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return "".join(self._id_to_char[int(i)] for i in ids)
+
+    def unknown_characters(self, text: str) -> list[str]:
+        """Characters of ``text`` (after normalization) that the vocabulary lacks."""
+        known = set(self._id_to_char[1:])
+        return sorted(set(self.normalize(text)) - known)

@@ -1,0 +1,352 @@
+"""The trainer: truncated BPTT, clipping, schedule, periodic evaluation, checkpoints.
+
+``train`` never prints. It reports through ``callback(event, info)`` with events
+``start``, ``step``, ``log``, ``eval`` and ``end``; the CLI turns them into a
+progress bar and lines. There is no host synchronisation inside a training step:
+losses are summed on the device and read every ``LOG_EVERY`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from textrnn import checkpoint, corpus
+from textrnn.batching import Batches
+from textrnn.config import ModelConfig, TrainConfig
+from textrnn.errors import TextrnnError
+from textrnn.evaluate import cross_entropy_sum, metrics_from_sum
+from textrnn.models import CharLM
+from textrnn.nn import detach_state
+from textrnn.tokenizer import CharTokenizer
+
+LOG_EVERY = 50  # steps between reads of the running loss (one host sync each)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TextrnnError("--device cuda was asked for, but torch sees no CUDA GPU: use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise TextrnnError("--device mps was asked for, but MPS is not available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on matrices only: biases and embeddings are left alone.
+    decay = [p for name, p in model.named_parameters() if p.dim() >= 2 and not name.startswith("embedding")]
+    rest = [p for name, p in model.named_parameters() if not (p.dim() >= 2 and not name.startswith("embedding"))]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay over the run's progress."""
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.schedule == "constant":
+        return config.lr * warmup
+    return config.lr * warmup * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _Progress:
+    """How far the run is towards whichever limit comes first (0..1)."""
+
+    def __init__(self, config: TrainConfig, per_epoch: int):
+        self.config = config
+        self.per_epoch = per_epoch
+
+    def __call__(self, step: int, elapsed: float) -> float:
+        fractions = []
+        if self.config.max_steps:
+            fractions.append(step / self.config.max_steps)
+        if self.config.max_seconds:
+            fractions.append(elapsed / self.config.max_seconds)
+        if self.config.epochs:
+            fractions.append(step / (self.config.epochs * self.per_epoch))
+        return max(fractions)
+
+
+class WeightAverage:
+    """Exponential moving average of the parameters (Polyak averaging).
+
+    Evaluation and ``best.pt`` use the averaged weights; training continues on the raw ones.
+    Early on the decay is smaller (``(1 + step) / (10 + step)``) so the average forgets the
+    random initialisation quickly.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.parameters = list(model.parameters())
+        self.average = [p.detach().clone() for p in self.parameters]
+
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.parameters], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Swap the averaged weights into the model for the duration of the block."""
+        raw = [p.detach().clone() for p in self.parameters]
+        with torch.no_grad():
+            torch._foreach_copy_(self.parameters, self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.parameters, raw)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_cpu(state):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    return [_to_cpu(part) for part in state]
+
+
+def _to_device(state, device):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    return tuple(_to_device(part, device) for part in state)
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    data_dir: Path | None = None,
+    callback=None,
+    should_stop=None,
+) -> dict:
+    """Train a character language model and return the summary (the ``--json`` keys of ``train``).
+
+    ``resume=True`` continues the run in ``out_dir`` from its last checkpoint (the configs
+    given are then those stored in the run, with the run-length settings of ``train_config``).
+    ``should_stop()`` is polled after every step: when it says so, a checkpoint is written
+    and the summary comes back with ``interrupted: True``.
+    """
+    report = callback or (lambda event, info: None)
+    out_dir = Path(out_dir)
+    saved = None
+    if resume:
+        stored = checkpoint.read_config(out_dir)
+        stored_train = checkpoint.train_config_of(stored)
+        length = {k: getattr(train_config, k) for k in ("epochs", "max_steps", "max_seconds", "eval_every")}
+        train_config = dataclasses.replace(stored_train, **length)
+        model_config = ModelConfig(**stored["model"])
+        saved = checkpoint.read_tensors(out_dir / "last.pt")
+        if "trainer" not in saved:
+            raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
+        tokenizer = CharTokenizer.load(out_dir / "tokenizer.json")
+        tokenizer, splits, data = corpus.load_splits(train_config, data_dir, tokenizer)
+        if data["sha1"] != stored["data"]["sha1"]:
+            raise TextrnnError(
+                f"the corpus {data['path']} changed since the run began (sha1 differs): it cannot be resumed"
+            )
+    else:
+        tokenizer, splits, data = corpus.load_splits(train_config, data_dir)
+        model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
+
+    device = resolve_device(train_config.device)
+    torch.manual_seed(train_config.seed)
+    model = CharLM(model_config).to(device)
+    train_tokens = torch.from_numpy(splits["train"]).to(device)
+    val_tokens = torch.from_numpy(splits["val"]).to(device)
+    batches = Batches(
+        train_tokens, train_config.batch_size, train_config.num_steps, train_config.partition, train_config.seed
+    )
+    optimizer = build_optimizer(model, train_config)
+    average = WeightAverage(model, train_config.ema_decay) if train_config.ema_decay else None
+    progress = _Progress(train_config, batches.per_epoch)
+
+    counters = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0, "train_time": 0.0, "best_val": math.inf}
+    hidden = None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["trainer"]["optimizer"])
+        counters.update(saved["trainer"]["counters"])
+        _set_rng_state(saved["trainer"]["rng"])
+        hidden = _to_device(saved["trainer"]["hidden"], device)
+        if average is not None:
+            average.average = [t.to(device) for t in saved["trainer"]["average"]]
+    else:
+        config = checkpoint.run_config(model_config, train_config, data["normalize"], data)
+        checkpoint.start_run(out_dir, config, tokenizer)
+
+    parameters = sum(p.numel() for p in model.parameters())
+    report(
+        "start",
+        {
+            "run_dir": str(out_dir),
+            "device": str(device),
+            "parameters": parameters,
+            "data": data,
+            "batches_per_epoch": batches.per_epoch,
+            "resumed_at": counters["step"] if saved else None,
+        },
+    )
+
+    vocab = model_config.vocab_size
+    loss_sum = torch.zeros((), device=device)
+    loss_steps = 0
+    window_sum = torch.zeros((), device=device)  # since the last evaluation, for train_perplexity
+    window_steps = 0
+    last = {"train_perplexity": math.nan, "val_perplexity": math.nan, "val_bits_per_char": math.nan}
+    interrupted = False
+    clock = time.perf_counter()
+    elapsed_at_start = counters["elapsed"]
+    segment_start = clock
+    train_time_at_start = counters["train_time"]
+    eval_time = 0.0
+
+    def elapsed() -> float:
+        return elapsed_at_start + time.perf_counter() - segment_start
+
+    def finished() -> bool:
+        return progress(counters["step"], elapsed()) >= 1.0
+
+    def evaluate_and_save() -> None:
+        nonlocal window_sum, window_steps, eval_time
+        started = time.perf_counter()
+        counters["elapsed"] = elapsed()
+        counters["train_time"] = train_time_at_start + (started - segment_start) - eval_time
+        with average.applied() if average is not None else contextlib.nullcontext():
+            total, count = cross_entropy_sum(model, val_tokens)
+            evaluated_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        metrics = metrics_from_sum(float(total), count)
+        train_ppl = math.exp(float(window_sum) / window_steps) if window_steps else last["train_perplexity"]
+        window_sum, window_steps = torch.zeros((), device=device), 0
+        last.update(
+            train_perplexity=train_ppl, val_perplexity=metrics["perplexity"], val_bits_per_char=metrics["bits_per_char"]
+        )
+        if not math.isfinite(metrics["perplexity"]):
+            raise TextrnnError(
+                f"training diverged at step {counters['step']} (validation loss is not finite): lower --lr; "
+                f"the last good checkpoint in {out_dir} was kept"
+            )
+        improved = metrics["perplexity"] < counters["best_val"]
+        if improved:
+            counters["best_val"] = metrics["perplexity"]
+            checkpoint.write_tensors(
+                out_dir / "best.pt",
+                {"model": evaluated_weights, "step": counters["step"], "val_perplexity": metrics["perplexity"]},
+            )
+        trainer_state = {
+            "optimizer": optimizer.state_dict(),
+            "counters": dict(counters),
+            "rng": _rng_state(),
+            "hidden": _to_cpu(hidden),
+            "average": None if average is None else average.average,
+        }
+        checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
+        record = {
+            "step": counters["step"],
+            "epoch": counters["epoch"],
+            "tokens": counters["tokens"],
+            "elapsed_sec": round(counters["elapsed"], 3),
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_perplexity": train_ppl,
+            "val_perplexity": metrics["perplexity"],
+            "val_bits_per_char": metrics["bits_per_char"],
+            "best_val_perplexity": counters["best_val"],
+            "tokens_per_sec": counters["tokens"] / max(counters["train_time"], 1e-9),
+        }
+        checkpoint.append_metrics(out_dir, record)
+        eval_time += time.perf_counter() - started
+        report("eval", dict(record, improved=improved))
+
+    model.train()
+    while not (finished() or interrupted):
+        for inputs, targets in batches.epoch(counters["epoch"], counters["batch"]):
+            lr = learning_rate(train_config, counters["step"], progress(counters["step"], elapsed()))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits, hidden = model(inputs, detach_state(hidden) if batches.carries_state else None)
+            loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_config.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip, foreach=True)
+            optimizer.step()
+            if average is not None:
+                average.update(counters["step"])
+            loss_sum += loss.detach()
+            window_sum += loss.detach()
+            loss_steps += 1
+            window_steps += 1
+            counters["step"] += 1
+            counters["batch"] += 1
+            counters["tokens"] += inputs.numel()
+            step = counters["step"]
+            report("step", {"step": step, "progress": progress(step, elapsed())})
+            if step % LOG_EVERY == 0:
+                train_time = train_time_at_start + (time.perf_counter() - segment_start) - eval_time
+                report(
+                    "log",
+                    {
+                        "step": step,
+                        "train_perplexity": math.exp(float(loss_sum) / loss_steps),
+                        "tokens_per_sec": counters["tokens"] / max(train_time, 1e-9),
+                        "lr": lr,
+                    },
+                )
+                loss_sum, loss_steps = torch.zeros((), device=device), 0
+            if step % train_config.eval_every == 0:
+                evaluate_and_save()
+            interrupted = should_stop is not None and should_stop()
+            if finished() or interrupted:
+                break
+        else:  # the epoch ran to its end: the next one starts with a fresh state
+            counters["epoch"] += 1
+            counters["batch"] = 0
+            hidden = None
+
+    if window_steps or not math.isfinite(last["val_perplexity"]):
+        evaluate_and_save()
+    total_elapsed = elapsed()
+    summary = {
+        "tokens_per_sec": counters["tokens"] / max(counters["train_time"], 1e-9),
+        "train_perplexity": last["train_perplexity"],
+        "val_perplexity": last["val_perplexity"],
+        "best_val_perplexity": counters["best_val"],
+        "val_bits_per_char": last["val_bits_per_char"],
+        "steps": counters["step"],
+        "tokens": counters["tokens"],
+        "elapsed_sec": total_elapsed,
+        "checkpoint": str(out_dir),
+        "interrupted": interrupted,
+    }
+    report("end", summary)
+    return summary
