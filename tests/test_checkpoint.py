@@ -72,7 +72,7 @@ def test_a_malicious_pickle_is_refused_and_never_runs(run, tmp_path):
         torch.save({"model": Exploit(str(target))}, out, pickle_protocol=2, _use_new_zipfile_serialization=True)
     with pytest.raises(TextrnnError, match="not a readable textrnn checkpoint"):
         load_checkpoint(run)
-    (run / "best.pt").write_bytes(pickle.dumps({"model": Exploit(str(target))}))
+    (run / "best.pt").write_bytes(pickle.dumps({"model": Exploit(str(target))}, protocol=2))
     with pytest.raises(TextrnnError):
         load_checkpoint(run)
     assert not target.exists()

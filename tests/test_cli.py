@@ -5,8 +5,24 @@ from click.testing import CliRunner
 
 from textrnn.cli import cli
 
-TINY = ["--hidden-size", "8", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "2", "--num-steps", "8",
-        "--max-steps", "6", "--eval-every", "3", "--max-seconds", "0"]
+TINY = [
+    "--hidden-size",
+    "8",
+    "--num-layers",
+    "1",
+    "--embedding-size",
+    "8",
+    "--batch-size",
+    "2",
+    "--num-steps",
+    "8",
+    "--max-steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--max-seconds",
+    "0",
+]
 
 
 def invoke(*args):
@@ -21,8 +37,17 @@ def trained(tiny_corpus):
 
 
 def test_train_json_is_one_object_with_the_documented_keys(trained):
-    assert set(trained) == {"tokens_per_sec", "train_perplexity", "val_perplexity", "best_val_perplexity",
-                            "val_bits_per_char", "steps", "tokens", "elapsed_sec", "checkpoint"}
+    assert set(trained) == {
+        "tokens_per_sec",
+        "train_perplexity",
+        "val_perplexity",
+        "best_val_perplexity",
+        "val_bits_per_char",
+        "steps",
+        "tokens",
+        "elapsed_sec",
+        "checkpoint",
+    }
     assert trained["checkpoint"].startswith("checkpoints/gru-")
 
 
@@ -32,7 +57,9 @@ def test_sample_and_eval_default_to_the_newest_run(trained):
     data = json.loads(result.stdout)
     assert len(data["samples"]) == 2 and all(s.startswith("the time") for s in data["samples"])
     assert data["chars_per_sec"] > 0
-    again = json.loads(invoke("sample", "--prefix", "the time", "--length", "20", "--seed", "1", "--json", "--num-samples", "2").stdout)
+    again = json.loads(
+        invoke("sample", "--prefix", "the time", "--length", "20", "--seed", "1", "--json", "--num-samples", "2").stdout
+    )
     assert again["samples"] == data["samples"]
 
     result = invoke("eval", "--json", "--split", "val")
@@ -50,8 +77,10 @@ def test_eval_on_a_text_file_counts_unknown_characters(trained, tmp_path):
 
 def test_config_file_sets_options_and_flags_override_it(tiny_corpus, tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text(f'corpus = "{tiny_corpus}"\nhidden-size = 8\nnum_layers = 1\nbatch-size = 2\nnum-steps = 8\n'
-                      'max-steps = 100\nmax-seconds = 0\neval-every = 3\n')
+    config.write_text(
+        f'corpus = "{tiny_corpus}"\nhidden-size = 8\nnum_layers = 1\nbatch-size = 2\nnum-steps = 8\n'
+        "max-steps = 100\nmax-seconds = 0\neval-every = 3\n"
+    )
     result = invoke("train", "--config", config, "--max-steps", "3", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["steps"] == 3
@@ -107,3 +136,23 @@ def test_unknown_config_keys_and_recipes_are_refused(tmp_path):
 def test_debug_shows_the_traceback():
     result = invoke("sample", "--prefix", "x", "--debug")
     assert result.exit_code == 1 and result.exception is not None
+
+
+def test_resume_continues_the_newest_run_to_a_new_limit(trained):
+    result = invoke("train", "--resume", "--max-steps", "9", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["checkpoint"] == trained["checkpoint"] and summary["steps"] == 9
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "textrnn", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in result.stdout and "sample" in result.stdout and "eval" in result.stdout
+
+
+def test_a_model_too_large_for_memory_is_a_clear_error(tiny_corpus):
+    result = invoke("train", "--corpus", tiny_corpus, "--hidden-size", 10**9, "--num-layers", 1)
+    assert result.exit_code == 1 and result.stderr.startswith("error: out of memory")

@@ -55,7 +55,9 @@ def test_a_download_is_verified_and_written_into_the_cache(tmp_path, monkeypatch
     monkeypatch.setitem(
         corpus.BUILTIN,
         "pretend",
-        corpus.BuiltinCorpus("pretend.txt", "http://example.invalid/pretend.txt", hashlib.sha1(payload).hexdigest(), "d2l", ""),
+        corpus.BuiltinCorpus(
+            "pretend.txt", "http://example.invalid/pretend.txt", hashlib.sha1(payload).hexdigest(), "d2l", ""
+        ),
     )
     monkeypatch.setenv("TEXTRNN_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(corpus.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))

@@ -10,7 +10,9 @@ from textrnn.nn import detach_state
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("one_hot", [False, True])
 def test_shapes_and_state_for_every_cell(cell, one_hot):
-    config = ModelConfig(vocab_size=11, cell=cell, hidden_size=8, num_layers=2, dropout=0.0, embedding_size=5, one_hot=one_hot)
+    config = ModelConfig(
+        vocab_size=11, cell=cell, hidden_size=8, num_layers=2, dropout=0.0, embedding_size=5, one_hot=one_hot
+    )
     model = CharLM(config)
     tokens = torch.randint(0, 11, (3, 7))
     logits, state = model(tokens)
@@ -21,7 +23,9 @@ def test_shapes_and_state_for_every_cell(cell, one_hot):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_carrying_the_state_equals_one_long_forward(cell):
-    model = CharLM(ModelConfig(vocab_size=9, cell=cell, hidden_size=8, num_layers=2, dropout=0.0, embedding_size=4)).eval()
+    model = CharLM(
+        ModelConfig(vocab_size=9, cell=cell, hidden_size=8, num_layers=2, dropout=0.0, embedding_size=4)
+    ).eval()
     tokens = torch.randint(0, 9, (2, 12))
     whole, _ = model(tokens)
     first, state = model(tokens[:, :5])

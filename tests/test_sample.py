@@ -11,7 +11,9 @@ from textrnn.tokenizer import CharTokenizer
 @pytest.fixture
 def model():
     tokenizer = CharTokenizer.build("abcdefgh ", "d2l")
-    model = CharLM(ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, num_layers=1, dropout=0.0, embedding_size=4))
+    model = CharLM(
+        ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=8, num_layers=1, dropout=0.0, embedding_size=4)
+    )
     model.tokenizer = tokenizer
     return model.eval()
 
@@ -59,7 +61,9 @@ def test_empty_prefix_is_refused(model):
         generate(model, "", length=5)
 
 
-@pytest.mark.parametrize("options", [{"temperature": 0}, {"temperature": -1}, {"top_k": 0}, {"top_p": 1.5}, {"length": -1}])
+@pytest.mark.parametrize(
+    "options", [{"temperature": 0}, {"temperature": -1}, {"top_k": 0}, {"top_p": 1.5}, {"length": -1}]
+)
 def test_bad_sampling_options_are_refused(options):
     with pytest.raises(TextrnnError):
         SampleConfig(**options)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from textrnn import load_checkpoint, generate
+from textrnn import generate, load_checkpoint
 from textrnn.config import ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
 from textrnn.train import learning_rate, train
@@ -13,16 +13,33 @@ from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
 
 
 def configs(corpus, model=None, **train_options):
-    return ModelConfig(**{**TINY_MODEL, **(model or {})}), TrainConfig(corpus=str(corpus), **{**TINY_TRAIN, **train_options})
+    return ModelConfig(**{**TINY_MODEL, **(model or {})}), TrainConfig(
+        corpus=str(corpus), **{**TINY_TRAIN, **train_options}
+    )
 
 
 def test_summary_has_the_documented_keys_and_the_run_directory_is_complete(tiny_corpus, tmp_path):
     summary = train(*configs(tiny_corpus), tmp_path / "run")
-    for key in ("tokens_per_sec", "train_perplexity", "val_perplexity", "best_val_perplexity", "val_bits_per_char",
-                "steps", "tokens", "elapsed_sec", "checkpoint"):
+    for key in (
+        "tokens_per_sec",
+        "train_perplexity",
+        "val_perplexity",
+        "best_val_perplexity",
+        "val_bits_per_char",
+        "steps",
+        "tokens",
+        "elapsed_sec",
+        "checkpoint",
+    ):
         assert key in summary
     assert summary["steps"] == 6 and summary["tokens"] == 6 * 2 * 8
-    assert {p.name for p in (tmp_path / "run").iterdir()} == {"config.json", "tokenizer.json", "last.pt", "best.pt", "metrics.jsonl"}
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {
+        "config.json",
+        "tokenizer.json",
+        "last.pt",
+        "best.pt",
+        "metrics.jsonl",
+    }
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
     assert summary["best_val_perplexity"] == min(r["val_perplexity"] for r in records)
@@ -30,8 +47,16 @@ def test_summary_has_the_documented_keys_and_the_run_directory_is_complete(tiny_
 
 def test_a_tiny_model_memorises_a_200_character_corpus(tiny_corpus, tmp_path):
     model_config, train_config = configs(
-        tiny_corpus, model={"hidden_size": 64, "embedding_size": 16}, batch_size=4, num_steps=16, optimizer="adam",
-        lr=0.01, schedule="constant", max_steps=400, eval_every=100, weight_decay=0.0,
+        tiny_corpus,
+        model={"hidden_size": 64, "embedding_size": 16},
+        batch_size=4,
+        num_steps=16,
+        optimizer="adam",
+        lr=0.01,
+        schedule="constant",
+        max_steps=400,
+        eval_every=100,
+        weight_decay=0.0,
     )
     summary = train(model_config, train_config, tmp_path / "run")
     assert summary["train_perplexity"] < 1.3

@@ -41,6 +41,10 @@ def command(function):
             if debug:
                 raise
             _fail(str(error))
+        except (MemoryError, RuntimeError) as error:
+            if debug or not _is_out_of_memory(error):
+                raise
+            _fail("out of memory: use a smaller --hidden-size, --batch-size, --num-steps or --num-samples")
         except OSError as error:  # disk full, permission denied, ...
             if debug:
                 raise
@@ -48,6 +52,13 @@ def command(function):
             _fail(f"{error.strerror or error}{where}")
 
     return wrapper
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or any(
+        phrase in text for phrase in ("out of memory", "not enough memory", "allocate memory")
+    )
 
 
 def _recipe_path(name: str) -> Path:
