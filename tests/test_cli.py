@@ -156,3 +156,65 @@ def test_python_dash_m_runs_the_cli():
 def test_a_model_too_large_for_memory_is_a_clear_error(tiny_corpus):
     result = invoke("train", "--corpus", tiny_corpus, "--hidden-size", 10**9, "--num-layers", 1)
     assert result.exit_code == 1 and result.stderr.startswith("error: out of memory")
+
+
+def test_bidirectional_causal_training_is_refused_with_the_reason(tiny_corpus):
+    result = invoke("train", "--corpus", tiny_corpus, "--bidirectional")
+    assert result.exit_code == 1 and "--task infill" in result.stderr and "Traceback" not in result.output
+
+
+def test_infill_trains_evaluates_and_fills(tiny_corpus):
+    result = invoke("train", "--corpus", tiny_corpus, *TINY, "--task", "infill", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    metrics = json.loads(invoke("eval", "--split", "val", "--json").stdout)
+    assert metrics["perplexity"] == pytest.approx(summary["best_val_perplexity"], rel=1e-5)
+    result = invoke("fill", "the ti_e tr_veller")
+    assert result.exit_code == 0, result.output
+    filled = result.stdout.strip()
+    assert len(filled) == len("the ti_e tr_veller") and "_" not in filled
+    assert "textrnn fill" in invoke("sample", "--prefix", "the").stderr
+
+
+def test_compare_trains_each_cell_and_tabulates(tiny_corpus):
+    result = invoke("compare", "--cells", "gru,lstm", "--corpus", tiny_corpus, *TINY, "--json")
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.stdout)["runs"]
+    assert [run["cell"] for run in runs] == ["gru", "lstm"]
+    assert runs[1]["parameters"] > runs[0]["parameters"]  # four gates against three
+    for run in runs:
+        assert set(run) == {
+            "cell",
+            "parameters",
+            "tokens_per_sec",
+            "best_val_perplexity",
+            "val_bits_per_char",
+            "elapsed_sec",
+            "checkpoint",
+        }
+    table = invoke("compare", "--cells", "rnn_tanh", "--corpus", tiny_corpus, *TINY).stdout
+    assert table.splitlines()[0].split()[:3] == ["cell", "parameters", "tokens/s"]
+    assert invoke("compare", "--cells", "gru,transformer").exit_code == 1
+
+
+def test_scratch_only_variants_pick_the_scratch_backend_and_refuse_fused(tiny_corpus):
+    result = invoke(
+        "train",
+        "--corpus",
+        tiny_corpus,
+        *TINY,
+        "--cell",
+        "peephole_lstm",
+        "--transition-depth",
+        2,
+        "--output-depth",
+        2,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads(open(json.loads(result.stdout)["checkpoint"] + "/config.json").read())
+    assert config["model"]["backend"] == "scratch" and config["model"]["cell"] == "peephole_lstm"
+    result = invoke("train", "--corpus", tiny_corpus, "--cell", "peephole_lstm", "--backend", "fused")
+    assert result.exit_code == 1 and "use --backend scratch" in result.stderr
+    result = invoke("sample", "--prefix", "the ", "--length", 10, "--seed", 0)
+    assert result.exit_code == 0 and result.stdout.startswith("the ")

@@ -53,3 +53,51 @@ def test_detach_state_cuts_the_graph_of_nested_states():
 def test_impossible_sizes_are_refused(options, message):
     with pytest.raises(TextrnnError, match=message):
         ModelConfig(vocab_size=5, **options)
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("backend", ["fused", "scratch"])
+def test_an_infill_model_never_sees_the_token_it_predicts(num_layers, backend):
+    config = ModelConfig(
+        vocab_size=7,
+        hidden_size=8,
+        num_layers=num_layers,
+        dropout=0.0,
+        embedding_size=4,
+        bidirectional=True,
+        task="infill",
+        backend=backend,
+    )
+    model = CharLM(config).eval()
+    tokens = torch.randint(0, 7, (2, 9))
+    embedding = model.embedding
+    captured = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        captured["features"] = output
+        return output
+
+    embedding.register_forward_hook(keep)
+    logits, _ = model(tokens)
+    for position in range(9):
+        captured["features"].grad = None
+        logits[:, position].sum().backward(retain_graph=True)
+        gradient = captured["features"].grad
+        assert torch.all(gradient[:, position] == 0)  # not from itself
+        assert position == 0 or gradient[:, :position].abs().sum() > 0  # from the left
+        assert position == 8 or gradient[:, position + 1 :].abs().sum() > 0  # and from the right
+
+
+def test_bidirectional_next_character_modelling_is_refused_with_the_reason():
+    with pytest.raises(TextrnnError, match="reads the very character.*--task infill"):
+        ModelConfig(vocab_size=5, bidirectional=True)
+    with pytest.raises(TextrnnError, match="add --bidirectional"):
+        ModelConfig(vocab_size=5, task="infill")
+
+
+def test_deep_output_adds_layers_between_state_and_head():
+    model = CharLM(ModelConfig(vocab_size=5, hidden_size=8, num_layers=1, embedding_size=4, output_depth=3))
+    assert len(model.output_layers) == 2
+    logits, _ = model(torch.randint(0, 5, (2, 3)))
+    assert logits.shape == (2, 3, 5)

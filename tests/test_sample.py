@@ -4,7 +4,7 @@ import torch
 from textrnn.config import ModelConfig, SampleConfig
 from textrnn.errors import TextrnnError
 from textrnn.models import CharLM
-from textrnn.sample import _filter_logits, generate
+from textrnn.sample import _filter_logits, fill, generate
 from textrnn.tokenizer import CharTokenizer
 
 
@@ -67,3 +67,36 @@ def test_empty_prefix_is_refused(model):
 def test_bad_sampling_options_are_refused(options):
     with pytest.raises(TextrnnError):
         SampleConfig(**options)
+
+
+@pytest.fixture
+def infill_model():
+    tokenizer = CharTokenizer.build("abcdefgh ", "d2l")
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=8,
+        num_layers=1,
+        dropout=0.0,
+        embedding_size=4,
+        bidirectional=True,
+        task="infill",
+    )
+    model = CharLM(config).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+def test_fill_replaces_each_blank_and_keeps_the_rest(infill_model):
+    filled = fill(infill_model, "Bad c_fe, _e")
+    assert len(filled) == len("Bad c_fe, _e") and "_" not in filled
+    assert filled[:5] == "Bad c" and filled[6:10] == "fe, " and filled[11] == "e"
+    assert fill(infill_model, "a_c", greedy=False, seed=3) == fill(infill_model, "a_c", greedy=False, seed=3)
+
+
+def test_fill_and_generate_refuse_the_wrong_kind_of_model(model, infill_model):
+    with pytest.raises(TextrnnError, match="--task infill"):
+        fill(model, "a_c")
+    with pytest.raises(TextrnnError, match="textrnn fill"):
+        generate(infill_model, "abc", length=3)
+    with pytest.raises(TextrnnError, match="no '_' to fill"):
+        fill(infill_model, "abc")

@@ -20,7 +20,18 @@ from pathlib import Path
 
 import click
 
-from textrnn.config import CELLS, DEVICES, NORMALIZATIONS, OPTIMIZERS, PARTITIONS, SCHEDULES, ModelConfig, TrainConfig
+from textrnn.config import (
+    BACKENDS,
+    CELLS,
+    DEVICES,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    PARTITIONS,
+    SCHEDULES,
+    TASKS,
+    ModelConfig,
+    TrainConfig,
+)
 from textrnn.errors import TextrnnError
 
 
@@ -109,88 +120,120 @@ def cli() -> None:
     """Recurrent character language models: train, sample, evaluate."""
 
 
-@cli.command()
-@click.option(
-    "--config",
-    callback=_load_config,
-    is_eager=True,
-    expose_value=False,
-    help="TOML file or recipe name (d2l-gru, quick) whose keys set any option; flags override it.",
-)
-@click.option("--corpus", help="Built-in corpus (timemachine) or a UTF-8 text file.  [default: timemachine]")
-@click.option(
-    "--normalize",
-    type=click.Choice(NORMALIZATIONS),
-    help="d2l: lowercase letters and single spaces; none: every character.  [default: d2l for timemachine, none for files]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Cache directory for built-in corpora.  [default: $TEXTRNN_DATA_DIR, else corpora/, else ~/.cache/textrnn]",
-)
-@click.option("--val-fraction", type=float, help="Fraction of the token stream for validation.  [default: 0.05]")
-@click.option("--test-fraction", type=float, help="Fraction of the token stream for test (the end).  [default: 0.05]")
-@click.option("--cell", type=click.Choice(CELLS), help="Recurrent cell.  [default: gru]")
-@click.option("--hidden-size", type=int, help="Hidden units per layer.  [default: 512]")
-@click.option("--num-layers", type=int, help="Stacked recurrent layers.  [default: 2]")
-@click.option(
-    "--dropout", type=float, help="Dropout on embeddings, between layers and before the head.  [default: 0.3]"
-)
-@click.option("--embedding-size", type=int, help="Embedding width.  [default: 64]")
-@click.option(
-    "--one-hot/--embedding",
-    default=None,
-    help="One-hot inputs as in the d2l book, or a learned embedding.  [default: embedding]",
-)
-@click.option(
-    "--partition",
-    type=click.Choice(PARTITIONS),
-    help="sequential: state carried across batches; random: reset each batch.  [default: sequential]",
-)
-@click.option("--batch-size", type=int, help="Rows per batch.  [default: 32]")
-@click.option("--num-steps", type=int, help="Time steps per batch (truncated BPTT length).  [default: 64]")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adamw]")
-@click.option("--lr", type=float, help="Peak learning rate.  [default: 0.003]")
-@click.option("--weight-decay", type=float, help="Weight decay on weight matrices.  [default: 0.1]")
-@click.option("--clip", type=float, help="Gradient-norm clipping threshold; 0 turns it off.  [default: 1.0]")
-@click.option(
-    "--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warm-up.  [default: cosine]"
-)
-@click.option("--warmup-steps", type=int, help="Linear warm-up steps.  [default: 100]")
-@click.option("--epochs", type=int, help="Stop after this many epochs.")
-@click.option("--max-steps", type=int, help="Stop after this many steps.")
-@click.option("--max-seconds", type=float, help="Stop after this much wall time; 0: no time limit.  [default: 290]")
-@click.option("--eval-every", type=int, help="Steps between validations and checkpoints.  [default: 200]")
-@click.option("--seed", type=int, help="Random seed.  [default: 0]")
-@click.option("--device", type=click.Choice(DEVICES), help="[default: auto]")
-@click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's choice]")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Run directory.  [default: checkpoints/<cell>-<date-time>]",
-)
-@click.option(
-    "--resume", is_flag=True, help="Continue the run in --out (default: the newest run) from its last checkpoint."
-)
-@click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
-@command
-def train(out, resume, data_dir, threads, json_output, **options):
-    """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
-    from textrnn.checkpoint import newest_run
+_MODEL_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+_TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+
+
+def _option(*names, default_text: str | None = None, **kwargs):
+    """A click option whose value stays None unless given, so the dataclass defaults decide;
+    the help shows that default."""
+    name = names[0].split("/")[0].lstrip("-").replace("-", "_")
+    if default_text is None:
+        value = _MODEL_DEFAULTS.get(name, _TRAIN_DEFAULTS.get(name))
+        default_text = None if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    help_text = kwargs.pop("help", "")
+    if default_text is not None:
+        help_text = f"{help_text}  [default: {default_text}]".strip()
+    return click.option(*names, help=help_text, **kwargs)
+
+
+_TRAINING_OPTIONS = [
+    click.option(
+        "--config",
+        callback=_load_config,
+        is_eager=True,
+        expose_value=False,
+        help="TOML file or recipe name (d2l-gru, quick) whose keys set any option; flags override it.",
+    ),
+    _option("--corpus", help="Built-in corpus (timemachine) or a UTF-8 text file."),
+    _option(
+        "--normalize",
+        type=click.Choice(NORMALIZATIONS),
+        help="d2l: lowercase letters and single spaces; none: every character.",
+        default_text="d2l for timemachine, none for files",
+    ),
+    _option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Cache directory for built-in corpora.",
+        default_text="$TEXTRNN_DATA_DIR, else corpora/, else ~/.cache/textrnn",
+    ),
+    _option("--val-fraction", type=float, help="Fraction of the token stream for validation."),
+    _option("--test-fraction", type=float, help="Fraction of the token stream for test (the end)."),
+    _option("--hidden-size", type=int, help="Hidden units per layer and direction."),
+    _option("--num-layers", type=int, help="Stacked recurrent layers."),
+    _option("--dropout", type=float, help="Dropout on embeddings, between layers and before the head."),
+    _option("--embedding-size", type=int, help="Embedding width."),
+    _option("--one-hot/--embedding", default=None, help="One-hot inputs as in the d2l book, or a learned embedding."),
+    _option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        help="fused: torch.nn (cuDNN/oneDNN); scratch: textrnn's cells.",
+        default_text="fused where it exists, else scratch",
+    ),
+    _option(
+        "--bidirectional/--unidirectional",
+        default=None,
+        help="A backward direction too: only for --task infill (it would read the answer in next-character modelling).",
+    ),
+    _option("--transition-depth", type=int, help="Layers inside the recurrent transition (DT-RNN, scratch backend)."),
+    _option("--output-depth", type=int, help="Layers between the recurrent state and the head (DO-RNN)."),
+    _option(
+        "--task",
+        type=click.Choice(TASKS),
+        help="causal: predict the next character; infill: predict each character from both sides (bidirectional).",
+    ),
+    _option(
+        "--partition",
+        type=click.Choice(PARTITIONS),
+        help="sequential: state carried across batches; random: reset each batch.",
+    ),
+    _option("--batch-size", type=int, help="Rows per batch."),
+    _option("--num-steps", type=int, help="Time steps per batch (truncated BPTT length)."),
+    _option("--optimizer", type=click.Choice(OPTIMIZERS)),
+    _option("--lr", type=float, help="Peak learning rate."),
+    _option("--weight-decay", type=float, help="Weight decay on weight matrices."),
+    _option("--clip", type=float, help="Gradient-norm clipping threshold; 0 turns it off."),
+    _option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warm-up."),
+    _option("--warmup-steps", type=int, help="Linear warm-up steps."),
+    _option("--epochs", type=int, help="Stop after this many epochs."),
+    _option("--max-steps", type=int, help="Stop after this many steps."),
+    _option("--max-seconds", type=float, help="Stop after this much wall time; 0: no time limit."),
+    _option("--eval-every", type=int, help="Steps between validations and checkpoints."),
+    _option("--seed", type=int, help="Random seed."),
+    _option("--device", type=click.Choice(DEVICES)),
+    _option("--threads", type=int, help="CPU threads for torch.", default_text="torch's choice"),
+]
+
+
+def training_options(function):
+    """Every option of ``train`` except ``--cell`` (``compare`` takes ``--cells``)."""
+    for option in reversed(_TRAINING_OPTIONS):
+        function = option(function)
+    return function
+
+
+def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]:
+    if cell is not None:
+        options = {**options, "cell": cell}
+    if options.get("task") == "infill" and options.get("bidirectional") is None:
+        options = {**options, "bidirectional": True}  # infill reads both sides by definition
+    return ModelConfig(**_given(options, ModelConfig)), TrainConfig(**_given(options, TrainConfig))
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise TextrnnError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, printer=None):
+    """Run the trainer with a progress display; Ctrl-C / SIGTERM stop after the current step with a checkpoint."""
     from textrnn.train import train as run_training
-
-    model_config = ModelConfig(**_given(options, ModelConfig))
-    train_config = TrainConfig(**_given(options, TrainConfig))
-    if threads is not None:
-        if threads < 1:
-            raise TextrnnError(f"--threads must be at least 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
-    if resume and out is None:
-        out = newest_run()
-    if out is None:
-        out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
 
     stop_requested = []
 
@@ -201,9 +244,9 @@ def train(out, resume, data_dir, threads, json_output, **options):
         click.echo("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", err=True)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    printer = _TrainPrinter()
+    printer = printer or _TrainPrinter()
     try:
-        summary = run_training(
+        return run_training(
             model_config,
             train_config,
             out,
@@ -216,7 +259,34 @@ def train(out, resume, data_dir, threads, json_output, **options):
         printer.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@cli.command()
+@training_options
+@_option("--cell", type=click.Choice(CELLS), help="Recurrent cell.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory.  [default: checkpoints/<cell>-<date-time>]",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out (default: the newest run) from its last checkpoint."
+)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
+@command
+def train(out, resume, data_dir, threads, json_output, cell, **options):
+    """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
+    from textrnn.checkpoint import newest_run
+
+    model_config, train_config = _configs(options, cell)
+    _set_threads(threads)
+    if resume and out is None:
+        out = newest_run()
+    if out is None:
+        out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
+    summary = _train_with_progress(model_config, train_config, out, resume=resume, data_dir=data_dir)
     interrupted = summary.pop("interrupted")
+    summary.pop("parameters")
     if json_output:
         click.echo(json.dumps(summary))
     else:
@@ -230,7 +300,80 @@ def train(out, resume, data_dir, threads, json_output, **options):
         click.echo(f"interrupted: continue with  textrnn train --out {out} --resume", err=True)
         sys.exit(130)
     if not json_output:
-        click.echo('next: textrnn sample --prefix "time traveller"   or   textrnn eval')
+        if model_config.task == "infill":
+            click.echo(f'next: textrnn fill --checkpoint {out} "time tr_veller"   or   textrnn eval')
+        else:
+            click.echo('next: textrnn sample --prefix "time traveller"   or   textrnn eval')
+
+
+@cli.command()
+@training_options
+@click.option(
+    "--cells",
+    default="gru,lstm,rnn_tanh",
+    show_default=True,
+    help="Comma-separated cells to train one after another with the same options and budget.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the runs, one per cell.  [default: checkpoints/compare-<date-time>]",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def compare(cells, out, data_dir, threads, json_output, **options):
+    """Train several cells with the same budget and hyperparameters and tabulate the results."""
+    names = [name.strip() for name in cells.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CELLS]
+    if not names or unknown:
+        raise TextrnnError(f"--cells takes a comma-separated list of {', '.join(CELLS)}; got {cells!r}")
+    configs = [_configs(options, name) for name in names]  # every config is checked before any training
+    _set_threads(threads)
+    out = out or Path("checkpoints") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+    rows = []
+    for name, (model_config, train_config) in zip(names, configs):
+        click.echo(f"== {name}", err=True)
+        summary = _train_with_progress(model_config, train_config, out / name, data_dir=data_dir)
+        rows.append({"cell": name, **{key: summary[key] for key in _COMPARE_KEYS}})
+        if summary["interrupted"]:
+            click.echo(f"interrupted during {name}; the finished runs are in {out}", err=True)
+            break
+    if json_output:
+        click.echo(json.dumps({"runs": rows}))
+    else:
+        click.echo(_table(rows))
+    if len(rows) < len(names):
+        sys.exit(130)
+
+
+_COMPARE_KEYS = (
+    "parameters",
+    "tokens_per_sec",
+    "best_val_perplexity",
+    "val_bits_per_char",
+    "elapsed_sec",
+    "checkpoint",
+)
+
+
+def _table(rows: list[dict]) -> str:
+    header = ("cell", "parameters", "tokens/s", "best val ppl", "val bits/char", "wall s", "run")
+    lines = [
+        (
+            row["cell"],
+            f"{row['parameters']:,}",
+            f"{row['tokens_per_sec']:,.0f}",
+            _number(row["best_val_perplexity"]),
+            _number(row["val_bits_per_char"]),
+            f"{row['elapsed_sec']:.0f}",
+            row["checkpoint"],
+        )
+        for row in rows
+    ]
+    widths = [max(len(str(item)) for item in column) for column in zip(header, *lines)]
+    return "\n".join(
+        "  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip() for line in [header, *lines]
+    )
 
 
 class _TrainPrinter:
@@ -344,7 +487,7 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_outpu
 
     model, tokenizer, config = load_run(checkpoint, weights, resolve_device(device))
     if text_file is not None:
-        result = evaluate_text(model, tokenizer, text_file)
+        result = evaluate_text(model, tokenizer, text_file, window=config["train"]["num_steps"])
         source = str(text_file)
     else:
         result = evaluate_split(model, tokenizer, config, split, data_dir)
@@ -352,11 +495,38 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_outpu
     if json_output:
         click.echo(json.dumps(result))
     else:
+        kind = "infill " if model.config.task == "infill" else ""
         click.echo(
-            f"{source} ({config['run_dir']}, {config['weights']} weights): perplexity {result['perplexity']:.4f}, "
+            f"{source} ({config['run_dir']}, {config['weights']} weights): {kind}perplexity {result['perplexity']:.4f}, "
             f"{result['bits_per_char']:.4f} bits/char, cross-entropy {result['cross_entropy']:.4f} nats "
             f"over {result['tokens']:,} tokens ({result['unknown_tokens']:,} unknown)"
         )
+
+
+@cli.command()
+@click.argument("text")
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest run in checkpoints/]"
+)
+@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@click.option("--sample", "draw", is_flag=True, help="Draw each character instead of taking the most likely one.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="With --sample.")
+@click.option("--top-k", type=int, help="With --sample: only the k most likely characters.")
+@click.option("--seed", type=int, help="With --sample: the same seed gives the same result.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json_output):
+    """Fill each _ in TEXT with a character predicted from both sides (a model trained with --task infill)."""
+    from textrnn.checkpoint import load_run
+    from textrnn.config import SampleConfig
+    from textrnn.sample import fill as fill_blanks
+    from textrnn.train import resolve_device
+
+    config = SampleConfig(greedy=not draw, temperature=temperature, top_k=top_k, seed=seed)
+    model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
+    filled = fill_blanks(model, text, config, tokenizer=tokenizer)
+    click.echo(json.dumps({"text": filled}, ensure_ascii=False) if json_output else filled)
 
 
 def main() -> None:

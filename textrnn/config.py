@@ -11,8 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from textrnn.errors import TextrnnError
+from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend
 
-CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu")
+TASKS = ("causal", "infill")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 PARTITIONS = ("sequential", "random")
@@ -36,6 +37,11 @@ class ModelConfig:
     dropout: float = 0.3
     embedding_size: int = 64
     one_hot: bool = False
+    backend: str = "auto"  # fused where it exists, else scratch
+    bidirectional: bool = False
+    transition_depth: int = 1
+    output_depth: int = 1
+    task: str = "causal"
 
     def __post_init__(self) -> None:
         _require(self.cell in CELLS, f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
@@ -44,6 +50,23 @@ class ModelConfig:
         _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
         _require(self.embedding_size >= 1, f"--embedding-size must be at least 1, got {self.embedding_size}")
         _require(self.vocab_size >= 0, f"vocab_size must be non-negative, got {self.vocab_size}")
+        if self.backend == "auto":
+            scratch = self.cell in SCRATCH_ONLY_CELLS or self.transition_depth > 1
+            object.__setattr__(self, "backend", "scratch" if scratch else "fused")
+        _require(self.backend in BACKENDS, f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        check_backend(self.cell, self.backend, self.transition_depth)
+        _require(self.task in TASKS, f"unknown task {self.task!r}: choose one of {', '.join(TASKS)}")
+        _require(self.output_depth >= 1, f"--output-depth must be at least 1, got {self.output_depth}")
+        _require(
+            not (self.bidirectional and self.task == "causal"),
+            "--bidirectional cannot train a next-character model: the backward direction reads the very character "
+            "it must predict, so the loss collapses (the d2l book's bidirectional model reaches perplexity 1.1 and "
+            "samples 'time travellererererer'). Use --task infill to predict each character from both sides",
+        )
+        _require(
+            self.bidirectional or self.task == "causal",
+            "--task infill needs a bidirectional encoder: add --bidirectional",
+        )
 
 
 @dataclass(frozen=True)
@@ -61,7 +84,6 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.1
     clip: float = 1.0
-    ema_decay: float = 0.0  # 0: off; else evaluate and keep an exponential moving average of the weights
     schedule: str = "cosine"
     warmup_steps: int = 100
     epochs: int | None = None
@@ -91,7 +113,6 @@ class TrainConfig:
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         _require(self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}")
         _require(self.clip >= 0, f"--clip must be non-negative (0 turns clipping off), got {self.clip}")
-        _require(0.0 <= self.ema_decay < 1.0, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         _require(self.warmup_steps >= 0, f"--warmup-steps must be non-negative, got {self.warmup_steps}")
         _require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
         _require(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")

@@ -14,14 +14,22 @@ import torch
 from torch.nn import functional as F
 
 EVAL_CHUNK = 1024  # time steps per forward call; any value gives the same result
+EVAL_ROWS = 256  # windows per forward call for infill models
 
 
 @torch.no_grad()
-def cross_entropy_sum(model, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy (nats, a 0-d tensor on the model's device) over ``tokens[1:]``, and that count."""
+def cross_entropy_sum(model, tokens: torch.Tensor, window: int = 256) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy (nats, a 0-d tensor on the model's device) and the number of predicted tokens.
+
+    Causal models predict ``tokens[1:]`` from one carried stream. Infill models predict every
+    token from the text on both sides of it within non-overlapping windows of ``window`` tokens
+    (use the training ``num_steps``, the context the model learned with).
+    """
     was_training = model.training
     model.eval()
     try:
+        if getattr(model.config, "task", "causal") == "infill":
+            return _infill_sum(model, tokens, window)
         inputs = tokens[:-1].unsqueeze(0)
         targets = tokens[1:]
         total = torch.zeros((), device=tokens.device)
@@ -32,6 +40,19 @@ def cross_entropy_sum(model, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
     finally:
         model.train(was_training)
     return total, targets.numel()
+
+
+def _infill_sum(model, tokens: torch.Tensor, window: int) -> tuple[torch.Tensor, int]:
+    full = tokens.numel() // window * window
+    pieces = [tokens[:full].view(-1, window)] if full else []
+    if full < tokens.numel():
+        pieces.append(tokens[full:].unsqueeze(0))
+    total = torch.zeros((), device=tokens.device)
+    for piece in pieces:
+        for rows in piece.split(EVAL_ROWS):
+            logits, _ = model(rows)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), rows.reshape(-1), reduction="sum")
+    return total, tokens.numel()
 
 
 def metrics_from_sum(nats: float, count: int) -> dict:
@@ -45,17 +66,17 @@ def metrics_from_sum(nats: float, count: int) -> dict:
     }
 
 
-def perplexity(model, tokens: torch.Tensor, unk_id: int | None = 0) -> dict:
+def perplexity(model, tokens: torch.Tensor, unk_id: int | None = 0, window: int = 256) -> dict:
     """Exact metrics of ``model`` on a token stream ``(N,)``: see ``metrics_from_sum``, plus unknown tokens."""
     if tokens.numel() < 2:
         raise ValueError("perplexity needs at least two tokens")
-    total, count = cross_entropy_sum(model, tokens)
+    total, count = cross_entropy_sum(model, tokens, window)
     result = metrics_from_sum(float(total), count)
     result["unknown_tokens"] = 0 if unk_id is None else int((tokens == unk_id).sum())
     return result
 
 
-def evaluate_text(model, tokenizer, path) -> dict:
+def evaluate_text(model, tokenizer, path, window: int = 256) -> dict:
     """Exact metrics on a UTF-8 text file (normalized as the model's training text was)."""
     from textrnn.corpus import read_text
     from textrnn.errors import TextrnnError
@@ -64,7 +85,7 @@ def evaluate_text(model, tokenizer, path) -> dict:
     if len(ids) < 2:
         raise TextrnnError(f"{path} has {len(ids)} tokens after normalization: evaluation needs at least two")
     device = next(model.parameters()).device
-    return perplexity(model, torch.as_tensor(ids, device=device), tokenizer.unk_id)
+    return perplexity(model, torch.as_tensor(ids, device=device), tokenizer.unk_id, window)
 
 
 def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None) -> dict:
@@ -83,4 +104,5 @@ def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None
             "the same text: evaluate a file with --text-file instead"
         )
     device = next(model.parameters()).device
-    return perplexity(model, torch.as_tensor(splits[split], device=device), tokenizer.unk_id)
+    tokens = torch.as_tensor(splits[split], device=device)
+    return perplexity(model, tokens, tokenizer.unk_id, train_config.num_steps)

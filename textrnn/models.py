@@ -11,7 +11,13 @@ from textrnn.nn import make_encoder
 
 
 class CharLM(nn.Module):
-    """Character language model: embedding (or one-hot) -> encoder -> linear head over the vocabulary."""
+    """Character model: embedding (or one-hot) -> encoder -> deep output -> linear head over the vocabulary.
+
+    ``task="causal"``: position t predicts the next token from the text up to t.
+    ``task="infill"``: a bidirectional encoder; position t predicts token t itself from the
+    forward state over the text before it and the backward state over the text after it,
+    never from the token.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -20,9 +26,21 @@ class CharLM(nn.Module):
         self.config = config
         self.embedding = None if config.one_hot else nn.Embedding(config.vocab_size, config.embedding_size)
         input_size = config.vocab_size if config.one_hot else config.embedding_size
-        self.encoder = make_encoder(config.cell, input_size, config.hidden_size, config.num_layers, config.dropout)
+        encoder_options = dict(backend=config.backend, transition_depth=config.transition_depth)
+        layers = (config.cell, input_size, config.hidden_size, config.num_layers, config.dropout)
+        if config.task == "infill":
+            # Two separate stacks: in a stacked bidirectional encoder, layer 2's forward direction
+            # reads layer 1's backward outputs, which have already seen the token to predict.
+            self.encoder = make_encoder(*layers, **encoder_options)
+            self.backward_encoder = make_encoder(*layers, **encoder_options)
+        else:
+            self.encoder = make_encoder(*layers, bidirectional=config.bidirectional, **encoder_options)
+            self.backward_encoder = None
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        width = config.hidden_size * (2 if config.bidirectional else 1)
+        # Deep output (DO-RNN): output_depth - 1 nonlinear layers between the state and the head.
+        self.output_layers = nn.ModuleList(nn.Linear(width, width) for _ in range(config.output_depth - 1))
+        self.head = nn.Linear(width, config.vocab_size)
 
     def forward(self, tokens: torch.Tensor, state=None):
         """``tokens`` (B, T) int64 -> logits (B, T, V) and the encoder state after the last step."""
@@ -30,5 +48,19 @@ class CharLM(nn.Module):
             features = F.one_hot(tokens, self.config.vocab_size).float()
         else:
             features = self.dropout(self.embedding(tokens))
-        outputs, state = self.encoder(features, state)
+        if self.backward_encoder is None:
+            outputs, state = self.encoder(features, state)
+        else:  # infill: state is unused (each window is read whole), so it comes back as None
+            forward, _ = self.encoder(features)
+            backward, _ = self.backward_encoder(features.flip(1))
+            outputs, state = _neighbour_states(forward, backward.flip(1)), None
+        for layer in self.output_layers:
+            outputs = torch.tanh(layer(self.dropout(outputs)))
         return self.head(self.dropout(outputs)), state
+
+
+def _neighbour_states(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """Forward and backward outputs (B, T, H) -> (B, T, 2H) where position t holds the forward state
+    after token t-1 and the backward state after token t+1 (zeros past either end): nothing from token t."""
+    zeros = forward.new_zeros(forward.shape[0], 1, forward.shape[2])
+    return torch.cat([torch.cat([zeros, forward[:, :-1]], dim=1), torch.cat([backward[:, 1:], zeros], dim=1)], dim=-1)

@@ -8,7 +8,6 @@ losses are summed on the device and read every ``LOG_EVERY`` steps.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -79,36 +78,6 @@ class _Progress:
         if self.config.epochs:
             fractions.append(step / (self.config.epochs * self.per_epoch))
         return max(fractions)
-
-
-class WeightAverage:
-    """Exponential moving average of the parameters (Polyak averaging).
-
-    Evaluation and ``best.pt`` use the averaged weights; training continues on the raw ones.
-    Early on the decay is smaller (``(1 + step) / (10 + step)``) so the average forgets the
-    random initialisation quickly.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.parameters = list(model.parameters())
-        self.average = [p.detach().clone() for p in self.parameters]
-
-    def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.parameters], 1.0 - decay)
-
-    @contextlib.contextmanager
-    def applied(self):
-        """Swap the averaged weights into the model for the duration of the block."""
-        raw = [p.detach().clone() for p in self.parameters]
-        with torch.no_grad():
-            torch._foreach_copy_(self.parameters, self.average)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(self.parameters, raw)
 
 
 def _rng_state() -> dict:
@@ -188,7 +157,6 @@ def train(
         train_tokens, train_config.batch_size, train_config.num_steps, train_config.partition, train_config.seed
     )
     optimizer = build_optimizer(model, train_config)
-    average = WeightAverage(model, train_config.ema_decay) if train_config.ema_decay else None
     progress = _Progress(train_config, batches.per_epoch)
 
     counters = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0, "train_time": 0.0, "best_val": math.inf}
@@ -199,8 +167,6 @@ def train(
         counters.update(saved["trainer"]["counters"])
         _set_rng_state(saved["trainer"]["rng"])
         hidden = _to_device(saved["trainer"]["hidden"], device)
-        if average is not None:
-            average.average = [t.to(device) for t in saved["trainer"]["average"]]
     else:
         config = checkpoint.run_config(model_config, train_config, data["normalize"], data)
         checkpoint.start_run(out_dir, config, tokenizer)
@@ -219,6 +185,9 @@ def train(
     )
 
     vocab = model_config.vocab_size
+    infill = model_config.task == "infill"
+    # The backward direction of an infill model cannot carry state from text it has not read.
+    carry_state = batches.carries_state and not infill
     loss_sum = torch.zeros((), device=device)
     loss_steps = 0
     window_sum = torch.zeros((), device=device)  # since the last evaluation, for train_perplexity
@@ -242,9 +211,7 @@ def train(
         started = time.perf_counter()
         counters["elapsed"] = elapsed()
         counters["train_time"] = train_time_at_start + (started - segment_start) - eval_time
-        with average.applied() if average is not None else contextlib.nullcontext():
-            total, count = cross_entropy_sum(model, val_tokens)
-            evaluated_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        total, count = cross_entropy_sum(model, val_tokens, train_config.num_steps)
         metrics = metrics_from_sum(float(total), count)
         train_ppl = math.exp(float(window_sum) / window_steps) if window_steps else last["train_perplexity"]
         window_sum, window_steps = torch.zeros((), device=device), 0
@@ -261,14 +228,13 @@ def train(
             counters["best_val"] = metrics["perplexity"]
             checkpoint.write_tensors(
                 out_dir / "best.pt",
-                {"model": evaluated_weights, "step": counters["step"], "val_perplexity": metrics["perplexity"]},
+                {"model": model.state_dict(), "step": counters["step"], "val_perplexity": metrics["perplexity"]},
             )
         trainer_state = {
             "optimizer": optimizer.state_dict(),
             "counters": dict(counters),
             "rng": _rng_state(),
             "hidden": _to_cpu(hidden),
-            "average": None if average is None else average.average,
         }
         checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
         record = {
@@ -293,15 +259,15 @@ def train(
             lr = learning_rate(train_config, counters["step"], progress(counters["step"], elapsed()))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits, hidden = model(inputs, detach_state(hidden) if batches.carries_state else None)
+            logits, hidden = model(inputs, detach_state(hidden) if carry_state else None)
+            if infill:  # each position predicts its own token from both sides
+                targets = inputs
             loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_config.clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip, foreach=True)
             optimizer.step()
-            if average is not None:
-                average.update(counters["step"])
             loss_sum += loss.detach()
             window_sum += loss.detach()
             loss_steps += 1
@@ -347,6 +313,7 @@ def train(
         "elapsed_sec": total_elapsed,
         "checkpoint": str(out_dir),
         "interrupted": interrupted,
+        "parameters": parameters,
     }
     report("end", summary)
     return summary
