@@ -31,8 +31,8 @@ class ModelConfig:
     """Shape of a character language model: embedding -> recurrent encoder -> head."""
 
     vocab_size: int = 0  # filled in from the tokenizer
-    cell: str = "gru"
-    hidden_size: int = 512
+    cell: str = "lstm"
+    hidden_size: int = 256
     num_layers: int = 2
     dropout: float = 0.3
     embedding_size: int = 64
@@ -79,7 +79,7 @@ class TrainConfig:
     test_fraction: float = 0.05
     partition: str = "sequential"
     batch_size: int = 32
-    num_steps: int = 64
+    num_steps: int = 35
     optimizer: str = "adamw"
     lr: float = 3e-3
     weight_decay: float = 0.1
