@@ -6,6 +6,8 @@ from click.testing import CliRunner
 from textrnn.cli import cli
 
 TINY = [
+    "--device",
+    "cpu",
     "--hidden-size",
     "8",
     "--num-layers",
@@ -48,7 +50,7 @@ def test_train_json_is_one_object_with_the_documented_keys(trained):
         "elapsed_sec",
         "checkpoint",
     }
-    assert trained["checkpoint"].startswith("checkpoints/gru-")
+    assert trained["checkpoint"].startswith("checkpoints/lstm-")  # the default cell
 
 
 def test_sample_and_eval_default_to_the_newest_run(trained):
@@ -154,7 +156,7 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_a_model_too_large_for_memory_is_a_clear_error(tiny_corpus):
-    result = invoke("train", "--corpus", tiny_corpus, "--hidden-size", 10**9, "--num-layers", 1)
+    result = invoke("train", "--corpus", tiny_corpus, "--hidden-size", 10**9, "--num-layers", 1, "--device", "cpu")
     assert result.exit_code == 1 and result.stderr.startswith("error: out of memory")
 
 

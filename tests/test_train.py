@@ -112,3 +112,17 @@ def test_warm_up_then_cosine_decay():
     assert learning_rate(config, 99, 1.0) == pytest.approx(0.0)
     constant = TrainConfig(lr=0.3, warmup_steps=0, schedule="constant")
     assert learning_rate(constant, 1000, 0.9) == 0.3
+
+
+def test_the_default_budget_applies_only_when_no_limit_is_given():
+    from textrnn.config import DEFAULT_EPOCHS, DEFAULT_SECONDS, with_limits
+
+    default = TrainConfig()
+    assert (default.epochs, default.max_steps, default.max_seconds) == (DEFAULT_EPOCHS, None, DEFAULT_SECONDS)
+    steps_only = TrainConfig(max_steps=5)
+    assert (steps_only.epochs, steps_only.max_steps, steps_only.max_seconds) == (None, 5, None)
+    assert with_limits(default) is default
+    longer = with_limits(default, max_seconds=600)
+    assert (longer.epochs, longer.max_steps, longer.max_seconds) == (None, None, 600)
+    with pytest.raises(TextrnnError, match="no end"):
+        TrainConfig(max_seconds=0)

@@ -23,7 +23,10 @@ import click
 from textrnn.config import (
     BACKENDS,
     CELLS,
+    DEFAULT_EPOCHS,
+    DEFAULT_SECONDS,
     DEVICES,
+    LIMITS,
     NORMALIZATIONS,
     OPTIMIZERS,
     PARTITIONS,
@@ -31,6 +34,7 @@ from textrnn.config import (
     TASKS,
     ModelConfig,
     TrainConfig,
+    with_limits,
 )
 from textrnn.errors import TextrnnError
 
@@ -68,7 +72,8 @@ def command(function):
 def _is_out_of_memory(error: BaseException) -> bool:
     text = str(error).lower()
     return isinstance(error, MemoryError) or any(
-        phrase in text for phrase in ("out of memory", "not enough memory", "allocate memory")
+        phrase in text
+        for phrase in ("out of memory", "not enough memory", "allocate memory", "size calculation overflowed")
     )
 
 
@@ -196,9 +201,14 @@ _TRAINING_OPTIONS = [
     _option("--clip", type=float, help="Gradient-norm clipping threshold; 0 turns it off."),
     _option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warm-up."),
     _option("--warmup-steps", type=int, help="Linear warm-up steps."),
-    _option("--epochs", type=int, help="Stop after this many epochs."),
+    _option(
+        "--epochs",
+        type=int,
+        help="Stop after this many epochs. Any limit given replaces the default budget.",
+        default_text=f"{DEFAULT_EPOCHS} epochs or {DEFAULT_SECONDS:.0f} s, whichever comes first",
+    ),
     _option("--max-steps", type=int, help="Stop after this many steps."),
-    _option("--max-seconds", type=float, help="Stop after this much wall time; 0: no time limit."),
+    _option("--max-seconds", type=float, help="Stop after this much wall time."),
     _option("--eval-every", type=int, help="Steps between validations and checkpoints."),
     _option("--seed", type=int, help="Random seed."),
     _option("--device", type=click.Choice(DEVICES)),
@@ -276,12 +286,18 @@ def _train_with_progress(model_config, train_config, out, resume=False, data_dir
 @command
 def train(out, resume, data_dir, threads, json_output, cell, **options):
     """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
-    from textrnn.checkpoint import newest_run
+    from textrnn.checkpoint import newest_run, read_config, train_config_of
 
     model_config, train_config = _configs(options, cell)
     _set_threads(threads)
-    if resume and out is None:
-        out = newest_run()
+    if resume:
+        out = out or newest_run()
+        # The stored run decides everything but the limits and evaluation interval given now.
+        stored = train_config_of(read_config(Path(out)))
+        limits = {name: options.get(name) for name in LIMITS}
+        train_config = with_limits(
+            dataclasses.replace(stored, **_given({"eval_every": options.get("eval_every")}, TrainConfig)), **limits
+        )
     if out is None:
         out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
     summary = _train_with_progress(model_config, train_config, out, resume=resume, data_dir=data_dir)

@@ -14,6 +14,9 @@ from textrnn.errors import TextrnnError
 from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend
 
 TASKS = ("causal", "infill")
+DEFAULT_EPOCHS = 40
+DEFAULT_SECONDS = 290.0
+LIMITS = ("epochs", "max_steps", "max_seconds")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 PARTITIONS = ("sequential", "random")
@@ -86,14 +89,19 @@ class TrainConfig:
     clip: float = 1.0
     schedule: str = "cosine"
     warmup_steps: int = 100
+    # The run stops at the first limit reached. With none given, the default budget applies:
+    # DEFAULT_EPOCHS or DEFAULT_SECONDS (a 2-core CPU reaches the time first, a GPU the epochs).
     epochs: int | None = None
     max_steps: int | None = None
-    max_seconds: float | None = 290.0
+    max_seconds: float | None = None
     eval_every: int = 200
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.epochs is None and self.max_steps is None and self.max_seconds is None:
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
+            object.__setattr__(self, "max_seconds", DEFAULT_SECONDS)
         _require(
             self.partition in PARTITIONS, f"unknown partition {self.partition!r}: choose one of {', '.join(PARTITIONS)}"
         )
@@ -151,6 +159,14 @@ class SampleConfig:
         _require(self.top_k is None or self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}")
         _require(self.top_p is None or 0.0 < self.top_p <= 1.0, f"--top-p must be in (0, 1], got {self.top_p}")
         _require(self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}")
+
+
+def with_limits(config: TrainConfig, **limits) -> TrainConfig:
+    """``config`` with new run limits: any limit given replaces all three (None: unchanged)."""
+    given = {name: value for name, value in limits.items() if value is not None}
+    if not given:
+        return config
+    return dataclasses.replace(config, **{name: given.get(name) for name in LIMITS})
 
 
 def from_dict(cls, data: dict):

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from textrnn import checkpoint, corpus
 from textrnn.batching import Batches
-from textrnn.config import ModelConfig, TrainConfig
+from textrnn.config import LIMITS, ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
 from textrnn.evaluate import cross_entropy_sum, metrics_from_sum
 from textrnn.models import CharLM
@@ -122,7 +122,8 @@ def train(
     """Train a character language model and return the summary (the ``--json`` keys of ``train``).
 
     ``resume=True`` continues the run in ``out_dir`` from its last checkpoint (the configs
-    given are then those stored in the run, with the run-length settings of ``train_config``).
+    given are then those stored in the run, with the limits and ``eval_every`` of ``train_config``;
+    ``config.with_limits`` builds one from the stored config).
     ``should_stop()`` is polled after every step: when it says so, a checkpoint is written
     and the summary comes back with ``interrupted: True``.
     """
@@ -132,8 +133,8 @@ def train(
     if resume:
         stored = checkpoint.read_config(out_dir)
         stored_train = checkpoint.train_config_of(stored)
-        length = {k: getattr(train_config, k) for k in ("epochs", "max_steps", "max_seconds", "eval_every")}
-        train_config = dataclasses.replace(stored_train, **length)
+        limits = {name: getattr(train_config, name) for name in LIMITS}
+        train_config = dataclasses.replace(stored_train, eval_every=train_config.eval_every, **limits)
         model_config = ModelConfig(**stored["model"])
         saved = checkpoint.read_tensors(out_dir / "last.pt")
         if "trainer" not in saved:
