@@ -63,3 +63,16 @@ TINY_TRAIN = {
     "eval_every": 3,
     "warmup_steps": 0,
 }
+
+# The keys of `textrnn train --json` (DESIGN.md's contract).
+TRAIN_JSON_KEYS = (
+    "tokens_per_sec",
+    "train_perplexity",
+    "val_perplexity",
+    "best_val_perplexity",
+    "val_bits_per_char",
+    "steps",
+    "tokens",
+    "elapsed_sec",
+    "checkpoint",
+)
