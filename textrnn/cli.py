@@ -417,6 +417,7 @@ class _TrainPrinter:
                 file=sys.stderr,
                 dynamic_ncols=True,
                 leave=False,
+                disable=None,  # no bar when stderr is not a terminal (logs, CI): the evaluation lines remain
                 bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
             )
         elif event == "step" and self.bar is not None:
@@ -466,6 +467,9 @@ def sample(checkpoint, weights, prefix, device, json_output, **options):
 
     config = SampleConfig(**options)
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
+    seen = tokenizer.normalize(prefix)
+    if not json_output and seen.lower() != prefix.lower():
+        click.echo(f"note: the model reads the prefix as {seen!r} (its training text was normalized)", err=True)
     started = time.perf_counter()
     samples = generate(model, prefix, config, tokenizer=tokenizer)
     seconds = time.perf_counter() - started
