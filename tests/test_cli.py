@@ -89,7 +89,7 @@ def test_config_file_sets_options_and_flags_override_it(tiny_corpus, tmp_path):
         (["train", "--batch-size", "500"], "smaller --batch-size"),
         (["sample", "--prefix", "x"], "no trained runs"),
         (["eval", "--checkpoint", "nowhere"], "does not exist"),
-        (["sample", "--temperature", "0", "--prefix", "x"], "--temperature must be positive"),
+        (["sample", "--temperature", "0", "--prefix", "x"], "--temperature must be in [0.001, 1000]"),
     ],
 )
 def test_bad_input_is_one_clear_line_without_traceback(args, message, tiny_corpus):

@@ -7,6 +7,7 @@ A run directory holds::
     last.pt          weights and trainer state of the latest checkpoint (exact resume)
     best.pt          weights with the best validation perplexity so far
     metrics.jsonl    one JSON object per evaluation
+    LOCK             the pid of the trainer writing into the run, while it runs
 
 Every file is written to a temporary file in the same directory and renamed into
 place, so a crash never leaves a half-written file. ``.pt`` files are read with
@@ -16,7 +17,10 @@ never arbitrary objects. Tensors are mapped to the CPU when read.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +34,7 @@ FORMAT = "textrnn-run"
 FORMAT_VERSION = 1
 CHECKPOINT_ROOT = Path("checkpoints")
 WEIGHTS = ("best", "last")
+LOCK = "LOCK"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -37,7 +42,61 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def write_tensors(path: Path, payload: dict) -> None:
-    atomic_write(path, lambda out: torch.save(payload, out))
+    try:
+        atomic_write(path, lambda out: torch.save(payload, out))
+    except OSError as error:
+        raise TextrnnError(
+            f"could not write {path} ({error.strerror or error}); the previous checkpoint there is intact"
+        ) from None
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path):
+    """Hold ``run_dir/LOCK`` (the owner's pid) while training writes into the run.
+
+    A second trainer is refused while the owner lives; the lock of a process that died
+    (``kill -9``, a crash) is taken over.
+    """
+    path = run_dir / LOCK
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise TextrnnError(
+                    f"{run_dir} is in use by another textrnn process (pid {owner}): wait for it, stop it, "
+                    "or choose another --out"
+                ) from None
+            path.unlink(missing_ok=True)  # a stale lock: its owner is gone
+            continue
+        with os.fdopen(handle, "w") as out:
+            out.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise TextrnnError(f"could not take the lock {path}: another process keeps creating it")
+    try:
+        yield
+    finally:
+        if _lock_owner(path) == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def read_tensors(path: Path) -> dict:
@@ -84,9 +143,19 @@ def start_run(run_dir: Path, config: dict, tokenizer: CharTokenizer) -> None:
         ) from None
 
 
+def json_safe(record: dict) -> dict:
+    """Non-finite floats become None (JSON null): ``NaN`` and ``Infinity`` are not JSON."""
+    return {
+        key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in record.items()
+    }
+
+
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
-        out.write(json.dumps(record, sort_keys=True) + "\n")
+    """Add one line to ``metrics.jsonl``; the file is rewritten atomically, so no line is ever torn."""
+    path = run_dir / "metrics.jsonl"
+    previous = path.read_bytes() if path.exists() else b""
+    line = json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n"
+    atomic_write(path, previous + line.encode())
 
 
 def read_config(run_dir: Path) -> dict:
@@ -106,6 +175,9 @@ def read_config(run_dir: Path) -> dict:
             f"{path} has format version {config.get('format_version')!r}; this textrnn reads version {FORMAT_VERSION}: "
             "use the textrnn version that wrote it"
         )
+    missing = [key for key in ("model", "train", "tokenizer", "data") if not isinstance(config.get(key), dict)]
+    if missing:
+        raise TextrnnError(f"{path} is corrupt: it lacks {', '.join(missing)}; the run cannot be loaded")
     return config
 
 
@@ -122,7 +194,8 @@ def resolve_run(checkpoint: str | Path | None) -> tuple[Path, str | None]:
 
 
 def newest_run(root: Path = CHECKPOINT_ROOT) -> Path:
-    runs = [p for p in root.glob("*/config.json")] if root.is_dir() else []
+    # compare writes one level deeper: checkpoints/compare-<date-time>/<cell>/
+    runs = [*root.glob("*/config.json"), *root.glob("*/*/config.json")] if root.is_dir() else []
     runs = [p.parent for p in runs if any((p.parent / f"{w}.pt").is_file() for w in WEIGHTS)]
     if not runs:
         raise TextrnnError(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from textrnn.checkpoint import json_safe
 from textrnn.config import (
     BACKENDS,
     CELLS,
@@ -199,6 +200,11 @@ _TRAINING_OPTIONS = [
     _option("--lr", type=float, help="Peak learning rate."),
     _option("--weight-decay", type=float, help="Weight decay on weight matrices."),
     _option("--clip", type=float, help="Gradient-norm clipping threshold; 0 turns it off."),
+    _option(
+        "--max-bad-steps",
+        type=int,
+        help="Skip steps with a non-finite loss or gradient; stop after this many in a row (0: no check).",
+    ),
     _option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warm-up."),
     _option("--warmup-steps", type=int, help="Linear warm-up steps."),
     _option(
@@ -234,8 +240,8 @@ def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
-    if threads < 1:
-        raise TextrnnError(f"--threads must be at least 1, got {threads}")
+    if not 1 <= threads <= 1024:
+        raise TextrnnError(f"--threads must be in [1, 1024], got {threads}")
     import torch
 
     torch.set_num_threads(threads)
@@ -293,18 +299,33 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
     if resume:
         out = out or newest_run()
         # The stored run decides everything but the limits and evaluation interval given now.
+        ignored = sorted(
+            name
+            for name, value in {**options, "cell": cell}.items()
+            if value is not None and name not in (*LIMITS, "eval_every", "device")
+        )
+        if ignored:
+            click.echo(
+                "warning: --resume continues the stored run; ignoring "
+                + ", ".join("--" + name.replace("_", "-") for name in ignored),
+                err=True,
+            )
         stored = train_config_of(read_config(Path(out)))
         limits = {name: options.get(name) for name in LIMITS}
         train_config = with_limits(
-            dataclasses.replace(stored, **_given({"eval_every": options.get("eval_every")}, TrainConfig)), **limits
+            dataclasses.replace(stored, **_given({k: options.get(k) for k in ("eval_every", "device")}, TrainConfig)),
+            **limits,
         )
     if out is None:
         out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
     summary = _train_with_progress(model_config, train_config, out, resume=resume, data_dir=data_dir)
     interrupted = summary.pop("interrupted")
     summary.pop("parameters")
+    skipped = summary.pop("skipped_steps")
+    if skipped:
+        click.echo(f"warning: {skipped} steps were skipped for a non-finite loss or gradient", err=True)
     if json_output:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(json_safe(summary), allow_nan=False))
     else:
         click.echo(
             f"best validation perplexity {_number(summary['best_val_perplexity'])} "
@@ -341,6 +362,8 @@ def compare(cells, out, data_dir, threads, json_output, **options):
     """Train several cells with the same budget and hyperparameters and tabulate the results."""
     names = [name.strip() for name in cells.split(",") if name.strip()]
     unknown = [name for name in names if name not in CELLS]
+    if len(set(names)) < len(names):
+        raise TextrnnError(f"--cells names a cell twice: {cells!r}")
     if not names or unknown:
         raise TextrnnError(f"--cells takes a comma-separated list of {', '.join(CELLS)}; got {cells!r}")
     configs = [_configs(options, name) for name in names]  # every config is checked before any training
@@ -350,12 +373,14 @@ def compare(cells, out, data_dir, threads, json_output, **options):
     for name, (model_config, train_config) in zip(names, configs):
         click.echo(f"== {name}", err=True)
         summary = _train_with_progress(model_config, train_config, out / name, data_dir=data_dir)
-        rows.append({"cell": name, **{key: summary[key] for key in _COMPARE_KEYS}})
+        row = {"cell": name, **{key: summary[key] for key in _COMPARE_KEYS}}
+        row["val_bits_per_char"] = math.log2(summary["best_val_perplexity"])  # of the best, like the perplexity
+        rows.append(row)
         if summary["interrupted"]:
             click.echo(f"interrupted during {name}; the finished runs are in {out}", err=True)
             break
     if json_output:
-        click.echo(json.dumps({"runs": rows}))
+        click.echo(json.dumps({"runs": [json_safe(row) for row in rows]}, allow_nan=False))
     else:
         click.echo(_table(rows))
     if len(rows) < len(names):
@@ -513,7 +538,7 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_outpu
         result = evaluate_split(model, tokenizer, config, split, data_dir)
         source = f"{config['data']['corpus']} {split} split"
     if json_output:
-        click.echo(json.dumps(result))
+        click.echo(json.dumps(json_safe(result), allow_nan=False))
     else:
         kind = "infill " if model.config.task == "infill" else ""
         click.echo(

@@ -8,6 +8,7 @@ default recipe: the best setup we found for the Time Machine on a 2-core CPU.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from textrnn.errors import TextrnnError
@@ -49,7 +50,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require(self.cell in CELLS, f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
         _require(self.hidden_size >= 1, f"--hidden-size must be at least 1, got {self.hidden_size}")
-        _require(self.num_layers >= 1, f"--num-layers must be at least 1, got {self.num_layers}")
+        _require(1 <= self.num_layers <= 100, f"--num-layers must be in [1, 100], got {self.num_layers}")
         _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
         _require(self.embedding_size >= 1, f"--embedding-size must be at least 1, got {self.embedding_size}")
         _require(self.vocab_size >= 0, f"vocab_size must be non-negative, got {self.vocab_size}")
@@ -59,7 +60,8 @@ class ModelConfig:
         _require(self.backend in BACKENDS, f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         check_backend(self.cell, self.backend, self.transition_depth)
         _require(self.task in TASKS, f"unknown task {self.task!r}: choose one of {', '.join(TASKS)}")
-        _require(self.output_depth >= 1, f"--output-depth must be at least 1, got {self.output_depth}")
+        _require(1 <= self.output_depth <= 100, f"--output-depth must be in [1, 100], got {self.output_depth}")
+        _require(self.transition_depth <= 100, f"--transition-depth must be at most 100, got {self.transition_depth}")
         _require(
             not (self.bidirectional and self.task == "causal"),
             "--bidirectional cannot train a next-character model: the backward direction reads the very character "
@@ -87,6 +89,7 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.1
     clip: float = 1.0
+    max_bad_steps: int = 10  # non-finite steps in a row before the run stops; 0: no check (no per-step host read)
     schedule: str = "cosine"
     warmup_steps: int = 100
     # The run stops at the first limit reached. With none given, the default budget applies:
@@ -118,9 +121,14 @@ class TrainConfig:
         )
         _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         _require(self.num_steps >= 1, f"--num-steps must be at least 1, got {self.num_steps}")
-        _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        _require(self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}")
-        _require(self.clip >= 0, f"--clip must be non-negative (0 turns clipping off), got {self.clip}")
+        _require(0 < self.lr < math.inf, f"--lr must be positive and finite, got {self.lr}")
+        _require(0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), got {self.seed}")
+        _require(
+            0 <= self.weight_decay < math.inf,
+            f"--weight-decay must be non-negative and finite, got {self.weight_decay}",
+        )
+        _require(0 <= self.clip < math.inf, f"--clip must be non-negative and finite (0: off), got {self.clip}")
+        _require(self.max_bad_steps >= 0, f"--max-bad-steps must be non-negative, got {self.max_bad_steps}")
         _require(self.warmup_steps >= 0, f"--warmup-steps must be non-negative, got {self.warmup_steps}")
         _require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
         _require(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
@@ -153,9 +161,10 @@ class SampleConfig:
     def __post_init__(self) -> None:
         _require(self.length >= 0, f"--length must be non-negative, got {self.length}")
         _require(
-            self.temperature > 0,
-            f"--temperature must be positive, got {self.temperature}; use --greedy for the most likely text",
+            self.greedy or 1e-3 <= self.temperature <= 1e3,
+            f"--temperature must be in [0.001, 1000], got {self.temperature}; use --greedy for the most likely text",
         )
+        _require(self.seed is None or 0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), got {self.seed}")
         _require(self.top_k is None or self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}")
         _require(self.top_p is None or 0.0 < self.top_p <= 1.0, f"--top-p must be in (0, 1], got {self.top_p}")
         _require(self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}")

@@ -60,7 +60,7 @@ def metrics_from_sum(nats: float, count: int) -> dict:
     cross_entropy = nats / count
     return {
         "cross_entropy": cross_entropy,
-        "perplexity": math.exp(cross_entropy),
+        "perplexity": math.exp(cross_entropy) if cross_entropy < 700 else math.inf,  # exp overflows past ~709
         "bits_per_char": cross_entropy / math.log(2),
         "tokens": count,
     }

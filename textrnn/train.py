@@ -28,6 +28,16 @@ from textrnn.tokenizer import CharTokenizer
 LOG_EVERY = 50  # steps between reads of the running loss (one host sync each)
 
 
+def _exp(value: float) -> float:
+    return math.exp(value) if value < 700 else math.inf
+
+
+def _kept(out_dir: Path) -> str:
+    if (out_dir / "last.pt").exists():
+        return f"the last good checkpoint in {out_dir} was kept"
+    return "no checkpoint had been written yet"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -122,7 +132,7 @@ def train(
     """Train a character language model and return the summary (the ``--json`` keys of ``train``).
 
     ``resume=True`` continues the run in ``out_dir`` from its last checkpoint (the configs
-    given are then those stored in the run, with the limits and ``eval_every`` of ``train_config``;
+    given are then those stored in the run, with the limits, ``eval_every`` and ``device`` of ``train_config``;
     ``config.with_limits`` builds one from the stored config).
     ``should_stop()`` is polled after every step: when it says so, a checkpoint is written
     and the summary comes back with ``interrupted: True``.
@@ -134,11 +144,17 @@ def train(
         stored = checkpoint.read_config(out_dir)
         stored_train = checkpoint.train_config_of(stored)
         limits = {name: getattr(train_config, name) for name in LIMITS}
-        train_config = dataclasses.replace(stored_train, eval_every=train_config.eval_every, **limits)
+        train_config = dataclasses.replace(
+            stored_train, eval_every=train_config.eval_every, device=train_config.device, **limits
+        )
+        if train_config.corpus not in corpus.BUILTIN:  # a relative path may point elsewhere from here
+            train_config = dataclasses.replace(train_config, corpus=stored["data"]["path"])
         model_config = ModelConfig(**stored["model"])
-        saved = checkpoint.read_tensors(out_dir / "last.pt")
-        if "trainer" not in saved:
-            raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
+        if (out_dir / "last.pt").exists():
+            saved = checkpoint.read_tensors(out_dir / "last.pt")
+            if "trainer" not in saved:
+                raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
+        # else: stopped before its first checkpoint, so it starts again from step 0
         tokenizer = CharTokenizer.load(out_dir / "tokenizer.json")
         tokenizer, splits, data = corpus.load_splits(train_config, data_dir, tokenizer)
         if data["sha1"] != stored["data"]["sha1"]:
@@ -160,7 +176,19 @@ def train(
     optimizer = build_optimizer(model, train_config)
     progress = _Progress(train_config, batches.per_epoch)
 
-    counters = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0, "train_time": 0.0, "best_val": math.inf}
+    counters = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "tokens": 0,
+        "elapsed": 0.0,
+        "train_time": 0.0,
+        "best_val": math.inf,
+        "skipped_steps": 0,
+    }
+    bad_in_a_row = 0
+    first_step = counters["step"]
+    check_steps = train_config.max_bad_steps > 0 and device.type == "cpu"
     hidden = None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -168,7 +196,7 @@ def train(
         counters.update(saved["trainer"]["counters"])
         _set_rng_state(saved["trainer"]["rng"])
         hidden = _to_device(saved["trainer"]["hidden"], device)
-    else:
+    elif not resume:
         config = checkpoint.run_config(model_config, train_config, data["normalize"], data)
         checkpoint.start_run(out_dir, config, tokenizer)
 
@@ -179,9 +207,10 @@ def train(
             "run_dir": str(out_dir),
             "device": str(device),
             "parameters": parameters,
+            "skipped_steps": counters["skipped_steps"],
             "data": data,
             "batches_per_epoch": batches.per_epoch,
-            "resumed_at": counters["step"] if saved else None,
+            "resumed_at": counters["step"] if resume else None,
         },
     )
 
@@ -207,37 +236,32 @@ def train(
     def finished() -> bool:
         return progress(counters["step"], elapsed()) >= 1.0
 
-    def evaluate_and_save() -> None:
+    def evaluate_and_save(save: bool = True) -> None:
         nonlocal window_sum, window_steps, eval_time
         started = time.perf_counter()
         counters["elapsed"] = elapsed()
         counters["train_time"] = train_time_at_start + (started - segment_start) - eval_time
         total, count = cross_entropy_sum(model, val_tokens, train_config.num_steps)
         metrics = metrics_from_sum(float(total), count)
-        train_ppl = math.exp(float(window_sum) / window_steps) if window_steps else last["train_perplexity"]
+        train_ppl = _exp(float(window_sum) / window_steps) if window_steps else last["train_perplexity"]
         window_sum, window_steps = torch.zeros((), device=device), 0
         last.update(
             train_perplexity=train_ppl, val_perplexity=metrics["perplexity"], val_bits_per_char=metrics["bits_per_char"]
         )
-        if not math.isfinite(metrics["perplexity"]):
+        if not math.isfinite(metrics["perplexity"]) or not all(
+            bool(torch.isfinite(p).all()) for p in model.parameters()
+        ):
             raise TextrnnError(
                 f"training diverged at step {counters['step']} (validation loss is not finite): lower --lr; "
-                f"the last good checkpoint in {out_dir} was kept"
+                f"{_kept(out_dir)}"
             )
-        improved = metrics["perplexity"] < counters["best_val"]
+        improved = save and metrics["perplexity"] < counters["best_val"]
         if improved:
             counters["best_val"] = metrics["perplexity"]
             checkpoint.write_tensors(
                 out_dir / "best.pt",
                 {"model": model.state_dict(), "step": counters["step"], "val_perplexity": metrics["perplexity"]},
             )
-        trainer_state = {
-            "optimizer": optimizer.state_dict(),
-            "counters": dict(counters),
-            "rng": _rng_state(),
-            "hidden": _to_cpu(hidden),
-        }
-        checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
         record = {
             "step": counters["step"],
             "epoch": counters["epoch"],
@@ -250,71 +274,101 @@ def train(
             "best_val_perplexity": counters["best_val"],
             "tokens_per_sec": counters["tokens"] / max(counters["train_time"], 1e-9),
         }
-        checkpoint.append_metrics(out_dir, record)
+        if save:  # not when a finished run is resumed with nothing left to do
+            trainer_state = {
+                "optimizer": optimizer.state_dict(),
+                "counters": dict(counters),
+                "rng": _rng_state(),
+                "hidden": _to_cpu(hidden),
+            }
+            checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
+            checkpoint.append_metrics(out_dir, record)
         eval_time += time.perf_counter() - started
         report("eval", dict(record, improved=improved))
 
-    model.train()
-    while not (finished() or interrupted):
-        for inputs, targets in batches.epoch(counters["epoch"], counters["batch"]):
-            lr = learning_rate(train_config, counters["step"], progress(counters["step"], elapsed()))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            logits, hidden = model(inputs, detach_state(hidden) if carry_state else None)
-            if infill:  # each position predicts its own token from both sides
-                targets = inputs
-            loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train_config.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip, foreach=True)
-            optimizer.step()
-            loss_sum += loss.detach()
-            window_sum += loss.detach()
-            loss_steps += 1
-            window_steps += 1
-            counters["step"] += 1
-            counters["batch"] += 1
-            counters["tokens"] += inputs.numel()
-            step = counters["step"]
-            report("step", {"step": step, "progress": progress(step, elapsed())})
-            if step % LOG_EVERY == 0:
-                train_time = train_time_at_start + (time.perf_counter() - segment_start) - eval_time
-                report(
-                    "log",
-                    {
-                        "step": step,
-                        "train_perplexity": math.exp(float(loss_sum) / loss_steps),
-                        "tokens_per_sec": counters["tokens"] / max(train_time, 1e-9),
-                        "lr": lr,
-                    },
-                )
-                loss_sum, loss_steps = torch.zeros((), device=device), 0
-            if step % train_config.eval_every == 0:
-                evaluate_and_save()
-            interrupted = should_stop is not None and should_stop()
-            if finished() or interrupted:
-                break
-        else:  # the epoch ran to its end: the next one starts with a fresh state
-            counters["epoch"] += 1
-            counters["batch"] = 0
-            hidden = None
+    with checkpoint.locked(out_dir):  # one trainer per run directory
+        model.train()
+        while not (finished() or interrupted):
+            for inputs, targets in batches.epoch(counters["epoch"], counters["batch"]):
+                lr = learning_rate(train_config, counters["step"], progress(counters["step"], elapsed()))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logits, hidden = model(inputs, detach_state(hidden) if carry_state else None)
+                if infill:  # each position predicts its own token from both sides
+                    targets = inputs
+                loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # The norm also tells a non-finite step; an infinite threshold leaves the gradients as they are.
+                threshold = train_config.clip if train_config.clip > 0 else math.inf
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), threshold, foreach=True)
+                # Skipping needs the norm on the host: free on the CPU, a sync on a GPU, where divergence
+                # is caught instead at the next validation (non-finite loss or weights stop the run there).
+                if check_steps and not bool(torch.isfinite(norm)):
+                    optimizer.zero_grad(set_to_none=True)
+                    hidden = None  # the state may be poisoned too
+                    counters["batch"] += 1
+                    counters["skipped_steps"] += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= train_config.max_bad_steps:
+                        raise TextrnnError(
+                            f"training stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                            f"(at step {counters['step']}): lower --lr or check the data; "
+                            f"{_kept(out_dir)}"
+                        )
+                    interrupted = should_stop is not None and should_stop()
+                    if finished() or interrupted:
+                        break
+                    continue
+                bad_in_a_row = 0
+                optimizer.step()
+                loss_sum += loss.detach()
+                window_sum += loss.detach()
+                loss_steps += 1
+                window_steps += 1
+                counters["step"] += 1
+                counters["batch"] += 1
+                counters["tokens"] += inputs.numel()
+                step = counters["step"]
+                report("step", {"step": step, "progress": progress(step, elapsed())})
+                if step % LOG_EVERY == 0:
+                    train_time = train_time_at_start + (time.perf_counter() - segment_start) - eval_time
+                    report(
+                        "log",
+                        {
+                            "step": step,
+                            "train_perplexity": _exp(float(loss_sum) / loss_steps),
+                            "tokens_per_sec": counters["tokens"] / max(train_time, 1e-9),
+                            "lr": lr,
+                        },
+                    )
+                    loss_sum, loss_steps = torch.zeros((), device=device), 0
+                if step % train_config.eval_every == 0:
+                    evaluate_and_save()
+                interrupted = should_stop is not None and should_stop()
+                if finished() or interrupted:
+                    break
+            else:  # the epoch ran to its end: the next one starts with a fresh state
+                counters["epoch"] += 1
+                counters["batch"] = 0
+                hidden = None
 
-    if window_steps or not math.isfinite(last["val_perplexity"]):
-        evaluate_and_save()
-    total_elapsed = elapsed()
-    summary = {
-        "tokens_per_sec": counters["tokens"] / max(counters["train_time"], 1e-9),
-        "train_perplexity": last["train_perplexity"],
-        "val_perplexity": last["val_perplexity"],
-        "best_val_perplexity": counters["best_val"],
-        "val_bits_per_char": last["val_bits_per_char"],
-        "steps": counters["step"],
-        "tokens": counters["tokens"],
-        "elapsed_sec": total_elapsed,
-        "checkpoint": str(out_dir),
-        "interrupted": interrupted,
-        "parameters": parameters,
-    }
-    report("end", summary)
-    return summary
+        if window_steps or not math.isfinite(last["val_perplexity"]):
+            evaluate_and_save(save=counters["step"] > first_step or not resume)
+        total_elapsed = elapsed()
+        summary = {
+            "tokens_per_sec": counters["tokens"] / max(counters["train_time"], 1e-9),
+            "train_perplexity": last["train_perplexity"],
+            "val_perplexity": last["val_perplexity"],
+            "best_val_perplexity": counters["best_val"],
+            "val_bits_per_char": last["val_bits_per_char"],
+            "steps": counters["step"],
+            "tokens": counters["tokens"],
+            "elapsed_sec": total_elapsed,
+            "checkpoint": str(out_dir),
+            "interrupted": interrupted,
+            "parameters": parameters,
+            "skipped_steps": counters["skipped_steps"],
+        }
+        report("end", summary)
+        return summary

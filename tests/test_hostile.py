@@ -1,0 +1,188 @@
+"""Hostile inputs get a clear error or a correct result, never a traceback or a hang (property-based)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from textrnn.batching import Batches
+from textrnn.cli import cli
+from textrnn.config import ModelConfig, SampleConfig, TrainConfig
+from textrnn.corpus import load_splits
+from textrnn.errors import TextrnnError
+from textrnn.sample import generate
+from textrnn.tokenizer import CharTokenizer
+from textrnn.train import train
+
+from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
+
+FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def check_clean_failure(result):
+    assert result.exit_code in (0, 1), result.output
+    assert "Traceback" not in result.output
+    if result.exit_code == 1:  # progress lines may come first; then exactly one error line
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and sum(line.startswith("error: ") for line in lines) == 1, result.stderr
+
+
+@FAST
+@given(
+    text=st.text(max_size=400), training=st.text(min_size=1, max_size=60), normalize=st.sampled_from(["d2l", "none"])
+)
+def test_fast_encoding_matches_the_hf_tokenizer(text, training, normalize):
+    tokenizer = CharTokenizer.build(CharTokenizer.build("", normalize).normalize(training), normalize)
+    ids = tokenizer.encode(text)
+    assert ids.tolist() == tokenizer.encode_with_backend(text).tolist()
+    if not tokenizer.unknown_characters(text):
+        assert tokenizer.decode(ids) == tokenizer.normalize(text)
+
+
+@FAST
+@given(payload=st.binary(max_size=600), normalize=st.sampled_from(["d2l", "none"]))
+def test_any_bytes_as_a_corpus_split_or_fail_clearly(payload, normalize, tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_bytes(payload)
+    config = TrainConfig(corpus=str(path), normalize=normalize, batch_size=2, num_steps=4)
+    try:
+        tokenizer, splits, data = load_splits(config)
+        Batches(__import__("torch").from_numpy(splits["train"]), 2, 4, "sequential", 0)
+    except TextrnnError as error:
+        assert str(error)
+        return
+    assert sum(len(split) for split in splits.values()) == sum(data["tokens"].values())
+    assert all(int(split.max(initial=0)) < tokenizer.vocab_size for split in splits.values())
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"", "is empty"),
+        (b"a", "too short"),
+        (b"1234 !!! ??? 5678" * 3, "too short"),  # nothing but unknowns after d2l normalization
+        (b"\xff\xfe broken", "not valid UTF-8"),
+    ],
+)
+def test_degenerate_corpora_are_refused_clearly(payload, message, tmp_path):
+    (tmp_path / "c.txt").write_bytes(payload)
+    result = CliRunner().invoke(cli, ["train", "--corpus", str(tmp_path / "c.txt"), "--normalize", "d2l"])
+    assert result.exit_code == 1 and message in result.stderr
+    check_clean_failure(result)
+
+
+def test_nul_bytes_and_mixed_newlines_are_ordinary_characters(tmp_path):
+    text = (TINY_TEXT.replace(" ", "\x00", 3) + "\r\n\r\n" + TINY_TEXT + "\r" + TINY_TEXT + "\n") * 2
+    (tmp_path / "c.txt").write_bytes(text.encode())
+    tokenizer, splits, _ = load_splits(TrainConfig(corpus=str(tmp_path / "c.txt")))
+    joined = "".join(tokenizer.decode(split) for split in splits.values())
+    assert joined == text  # normalize none keeps every character, \r and NUL included
+
+
+def test_a_single_10_mb_line_trains_a_few_steps(tmp_path):
+    line = (TINY_TEXT.replace("\n", " ") + " ") * (10_000_000 // (len(TINY_TEXT) + 1) + 1)
+    (tmp_path / "big.txt").write_text(line[:10_000_000], encoding="utf-8")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--corpus",
+            str(tmp_path / "big.txt"),
+            "--device",
+            "cpu",
+            "--hidden-size",
+            "8",
+            "--num-layers",
+            "1",
+            "--max-steps",
+            "3",
+            "--val-fraction",
+            "0.001",
+            "--test-fraction",
+            "0.001",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == 3
+
+
+NUMERIC_OPTIONS = [
+    "--hidden-size",
+    "--num-layers",
+    "--embedding-size",
+    "--batch-size",
+    "--num-steps",
+    "--dropout",
+    "--lr",
+    "--weight-decay",
+    "--clip",
+    "--warmup-steps",
+    "--eval-every",
+    "--max-steps",
+    "--epochs",
+    "--max-seconds",
+    "--val-fraction",
+    "--test-fraction",
+    "--max-bad-steps",
+    "--transition-depth",
+    "--output-depth",
+    "--threads",
+]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    option=st.sampled_from(NUMERIC_OPTIONS),
+    value=st.sampled_from(["0", "-1", "-1000000000", "1e12", "1000000000000", "nan", "inf"]),
+)
+def test_cli_numbers_get_a_clear_error_or_a_run(option, value, tiny_corpus):
+    args = [
+        "train",
+        "--corpus",
+        str(tiny_corpus),
+        "--device",
+        "cpu",
+        "--out",
+        f"runs/{abs(hash((option, value)))}",
+        "--hidden-size",
+        "8",
+        "--num-layers",
+        "1",
+        "--batch-size",
+        "2",
+        "--num-steps",
+        "8",
+        "--eval-every",
+        "3",
+    ]
+    limit = ["--max-seconds", "2"] if option in ("--max-steps", "--epochs") else ["--max-steps", "3"]
+    result = CliRunner().invoke(cli, [*args, *limit, option, value])
+    if result.exit_code == 2:  # click refused the value itself (not a number of the right type)
+        assert "Invalid value" in result.output
+        return
+    check_clean_failure(result)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    import textrnn
+
+    corpus = tmp_path_factory.mktemp("corpus") / "c.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    run = tmp_path_factory.mktemp("run") / "run"
+    train(ModelConfig(**TINY_MODEL), TrainConfig(corpus=str(corpus), **TINY_TRAIN), run)
+    return textrnn.load_checkpoint(run)
+
+
+@FAST
+@given(prefix=st.one_of(st.text(max_size=50), st.text(alphabet=TINY_TEXT, min_size=1, max_size=3000)))
+def test_any_prefix_gets_samples_or_a_clear_error(model, prefix):
+    try:
+        samples = generate(model, prefix, SampleConfig(length=5, seed=0, num_samples=2))
+    except TextrnnError as error:
+        assert "prefix" in str(error)
+        return
+    assert len(samples) == 2 and all(sample.startswith(prefix) and len(sample) == len(prefix) + 5 for sample in samples)
