@@ -76,3 +76,19 @@ TRAIN_JSON_KEYS = (
     "elapsed_sec",
     "checkpoint",
 )
+
+# A model small enough for CLI tests to train in a blink (on the CPU, even where a GPU exists).
+TINY_CLI = [
+    "--device",
+    "cpu",
+    "--hidden-size",
+    "8",
+    "--num-layers",
+    "1",
+    "--embedding-size",
+    "8",
+    "--batch-size",
+    "2",
+    "--num-steps",
+    "8",
+]

@@ -5,21 +5,10 @@ from click.testing import CliRunner
 
 from textrnn.cli import cli
 
-from conftest import TRAIN_JSON_KEYS
+from conftest import TINY_CLI, TRAIN_JSON_KEYS
 
 TINY = [
-    "--device",
-    "cpu",
-    "--hidden-size",
-    "8",
-    "--num-layers",
-    "1",
-    "--embedding-size",
-    "8",
-    "--batch-size",
-    "2",
-    "--num-steps",
-    "8",
+    *TINY_CLI,
     "--max-steps",
     "6",
     "--eval-every",

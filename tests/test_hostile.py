@@ -16,7 +16,7 @@ from textrnn.sample import generate
 from textrnn.tokenizer import CharTokenizer
 from textrnn.train import train
 
-from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
+from conftest import TINY_CLI, TINY_MODEL, TINY_TEXT, TINY_TRAIN
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -90,12 +90,7 @@ def test_a_single_10_mb_line_trains_a_few_steps(tmp_path):
             "train",
             "--corpus",
             str(tmp_path / "big.txt"),
-            "--device",
-            "cpu",
-            "--hidden-size",
-            "8",
-            "--num-layers",
-            "1",
+            *TINY_CLI,
             "--max-steps",
             "3",
             "--val-fraction",

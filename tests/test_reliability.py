@@ -15,21 +15,10 @@ from textrnn.config import ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
 from textrnn.train import train
 
-from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
+from conftest import TINY_CLI, TINY_MODEL, TINY_TEXT, TINY_TRAIN
 
 LONG_RUN = [
-    "--device",
-    "cpu",
-    "--hidden-size",
-    "8",
-    "--num-layers",
-    "1",
-    "--embedding-size",
-    "8",
-    "--batch-size",
-    "2",
-    "--num-steps",
-    "8",
+    *TINY_CLI,
     "--eval-every",
     "25",
     "--seed",
