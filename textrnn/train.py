@@ -22,7 +22,7 @@ from textrnn.config import LIMITS, ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
 from textrnn.evaluate import cross_entropy_sum, metrics_from_sum
 from textrnn.models import CharLM
-from textrnn.nn import detach_state
+from textrnn.nn import detach_state, map_state
 from textrnn.tokenizer import CharTokenizer
 
 LOG_EVERY = 50  # steps between reads of the running loss (one host sync each)
@@ -103,22 +103,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _to_cpu(state):
-    if state is None:
-        return None
-    if isinstance(state, torch.Tensor):
-        return state.detach().cpu()
-    return [_to_cpu(part) for part in state]
-
-
-def _to_device(state, device):
-    if state is None:
-        return None
-    if isinstance(state, torch.Tensor):
-        return state.to(device)
-    return tuple(_to_device(part, device) for part in state)
-
-
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -195,7 +179,7 @@ def train(
         optimizer.load_state_dict(saved["trainer"]["optimizer"])
         counters.update(saved["trainer"]["counters"])
         _set_rng_state(saved["trainer"]["rng"])
-        hidden = _to_device(saved["trainer"]["hidden"], device)
+        hidden = map_state(lambda tensor: tensor.to(device), saved["trainer"]["hidden"])
     elif not resume:
         config = checkpoint.run_config(model_config, train_config, data["normalize"], data)
         checkpoint.start_run(out_dir, config, tokenizer)
@@ -279,7 +263,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "counters": dict(counters),
                 "rng": _rng_state(),
-                "hidden": _to_cpu(hidden),
+                "hidden": map_state(lambda tensor: tensor.detach().cpu(), hidden),
             }
             checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
             checkpoint.append_metrics(out_dir, record)

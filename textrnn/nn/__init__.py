@@ -17,6 +17,7 @@ from textrnn.nn.layers import (
     check_backend,
     detach_state,
     make_encoder,
+    map_state,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "check_backend",
     "detach_state",
     "make_encoder",
+    "map_state",
 ]

@@ -374,10 +374,15 @@ def make_encoder(
     return RNN(input_size, hidden_size, nonlinearity=cell.removeprefix("rnn_"), **options)
 
 
-def detach_state(state):
-    """Cut the graph behind a (possibly nested) state: truncated backpropagation through time."""
+def map_state(function, state):
+    """Apply ``function`` to every tensor of a (possibly nested) state; sequences come back as tuples."""
     if state is None:
         return None
     if isinstance(state, torch.Tensor):
-        return state.detach()
-    return type(state)(detach_state(part) for part in state)
+        return function(state)
+    return tuple(map_state(function, part) for part in state)
+
+
+def detach_state(state):
+    """Cut the graph behind a (possibly nested) state: truncated backpropagation through time."""
+    return map_state(torch.Tensor.detach, state)
