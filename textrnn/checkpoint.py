@@ -129,13 +129,14 @@ def run_config(model_config: ModelConfig, train_config: TrainConfig, normalize: 
     }
 
 
-def start_run(run_dir: Path, config: dict, tokenizer: CharTokenizer) -> None:
-    """Create a run directory with its config and tokenizer; refuse to overwrite another run."""
+def start_run(run_dir: Path, config: dict, tokenizer: CharTokenizer | None = None) -> None:
+    """Create a run directory with its config (and tokenizer); refuse to overwrite another run."""
     if (run_dir / "config.json").exists():
         raise TextrnnError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "tokenizer.json", tokenizer.to_json().encode())
+        if tokenizer is not None:
+            atomic_write(run_dir / "tokenizer.json", tokenizer.to_json().encode())
         write_json(run_dir / "config.json", config)
     except OSError as error:
         raise TextrnnError(
@@ -150,6 +151,17 @@ def json_safe(record: dict) -> dict:
     }
 
 
+def json_safe_tree(value):
+    """``json_safe`` through nested dicts and lists."""
+    if isinstance(value, dict):
+        return {key: json_safe_tree(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe_tree(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def append_metrics(run_dir: Path, record: dict) -> None:
     """Add one line to ``metrics.jsonl``; the file is rewritten atomically, so no line is ever torn."""
     path = run_dir / "metrics.jsonl"
@@ -158,7 +170,12 @@ def append_metrics(run_dir: Path, record: dict) -> None:
     atomic_write(path, previous + line.encode())
 
 
-def read_config(run_dir: Path) -> dict:
+TASK_KEYS = {"charlm": ("model", "train", "tokenizer", "data"), "forecast": ("forecast", "data")}
+TASK_COMMANDS = {"charlm": "textrnn sample / eval / fill", "forecast": "textrnn forecast eval / predict"}
+
+
+def read_config(run_dir: Path, task: str = "charlm") -> dict:
+    """The run's ``config.json``, checked: format, version, and a run of ``task`` (charlm or forecast)."""
     path = run_dir / "config.json"
     if not path.is_file():
         raise TextrnnError(
@@ -175,16 +192,20 @@ def read_config(run_dir: Path) -> dict:
             f"{path} has format version {config.get('format_version')!r}; this textrnn reads version {FORMAT_VERSION}: "
             "use the textrnn version that wrote it"
         )
-    missing = [key for key in ("model", "train", "tokenizer", "data") if not isinstance(config.get(key), dict)]
+    found = config.get("task", "charlm")
+    if found != task:
+        kind = "forecasting" if found == "forecast" else "language-model"
+        raise TextrnnError(f"{run_dir} is a {kind} run: use {TASK_COMMANDS.get(found, 'the matching command')} with it")
+    missing = [key for key in TASK_KEYS[task] if not isinstance(config.get(key), dict)]
     if missing:
         raise TextrnnError(f"{path} is corrupt: it lacks {', '.join(missing)}; the run cannot be loaded")
     return config
 
 
-def resolve_run(checkpoint: str | Path | None) -> tuple[Path, str | None]:
+def resolve_run(checkpoint: str | Path | None, task: str = "charlm") -> tuple[Path, str | None]:
     """``--checkpoint`` (a run directory, a ``.pt`` file in one, or None for the newest run) -> (dir, weights)."""
     if checkpoint is None:
-        return newest_run(), None
+        return newest_run(task=task), None
     path = Path(checkpoint)
     if path.is_file() and path.suffix == ".pt":
         return path.parent, path.stem
@@ -193,13 +214,23 @@ def resolve_run(checkpoint: str | Path | None) -> tuple[Path, str | None]:
     return path, None
 
 
-def newest_run(root: Path = CHECKPOINT_ROOT) -> Path:
+def _task_of(config_path: Path) -> str | None:
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8")).get("task", "charlm")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def newest_run(root: Path = CHECKPOINT_ROOT, task: str = "charlm") -> Path:
+    """The run of ``task`` whose weights were written last."""
     # compare writes one level deeper: checkpoints/compare-<date-time>/<cell>/
     runs = [*root.glob("*/config.json"), *root.glob("*/*/config.json")] if root.is_dir() else []
-    runs = [p.parent for p in runs if any((p.parent / f"{w}.pt").is_file() for w in WEIGHTS)]
+    runs = [p.parent for p in runs if any((p.parent / f"{w}.pt").is_file() for w in WEIGHTS) and _task_of(p) == task]
     if not runs:
+        how = "textrnn forecast train" if task == "forecast" else "textrnn train"
         raise TextrnnError(
-            f"no trained runs in {root.resolve()}: train one with `textrnn train`, or give --checkpoint DIR"
+            f"no trained {'forecasting ' if task == 'forecast' else ''}runs in {root.resolve()}: "
+            f"train one with `{how}`, or give --checkpoint DIR"
         )
     return max(
         runs, key=lambda run: max((run / f"{w}.pt").stat().st_mtime for w in WEIGHTS if (run / f"{w}.pt").is_file())
@@ -243,3 +274,46 @@ def load_run(checkpoint: str | Path | None = None, weights: str | None = None, d
 
 def train_config_of(config: dict) -> TrainConfig:
     return from_dict(TrainConfig, config["train"])
+
+
+def forecast_run_config(forecast_config, data: dict) -> dict:
+    import dataclasses
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "forecast",
+        "forecast": dataclasses.asdict(forecast_config),
+        "data": data,
+    }
+
+
+def load_forecast_run(checkpoint: str | Path | None = None, weights: str | None = None, device="cpu"):
+    """Load ``(model, forecast_config, config)`` of a forecasting run; ``config["data"]`` holds the series, scalers and cleaning."""
+    from textrnn.config import ForecastConfig
+    from textrnn.models import Forecaster
+
+    run_dir, from_path = resolve_run(checkpoint, task="forecast")
+    weights = weights or from_path
+    config = read_config(run_dir, task="forecast")
+    try:
+        forecast_config = from_dict(ForecastConfig, config["forecast"])
+        input_size = int(config["data"]["input_size"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise TextrnnError(f"{run_dir / 'config.json'} has no valid forecast config ({error})") from None
+    if weights is None:
+        weights = "best" if (run_dir / "best.pt").is_file() else "last"
+    if weights not in WEIGHTS:
+        raise TextrnnError(f"unknown weights {weights!r}: choose best or last")
+    payload = read_tensors(run_dir / f"{weights}.pt")
+    model = Forecaster(forecast_config, input_size)
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise TextrnnError(
+            f"{run_dir / (weights + '.pt')} does not match its config.json ({str(error).splitlines()[0]})"
+        ) from None
+    model.to(device).eval()
+    config["run_dir"] = str(run_dir)
+    config["weights"] = weights
+    return model, forecast_config, config

@@ -7,20 +7,18 @@ and exit status 1 (``--debug`` shows the traceback instead).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import signal
 import sys
 import time
-import tomllib
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 
 import click
 
 from textrnn.checkpoint import json_safe
+from textrnn.cli_common import command, given, load_config, number, set_threads
 from textrnn.config import (
     BACKENDS,
     CELLS,
@@ -38,92 +36,13 @@ from textrnn.config import (
     with_limits,
 )
 from textrnn.errors import TextrnnError
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def command(function):
-    """Add ``--debug`` and turn expected failures into one clear line."""
-
-    @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
-    @functools.wraps(function)
-    def wrapper(*args, debug: bool, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except TextrnnError as error:
-            if debug:
-                raise
-            _fail(str(error))
-        except (MemoryError, RuntimeError) as error:
-            if debug or not _is_out_of_memory(error):
-                raise
-            _fail("out of memory: use a smaller --hidden-size, --batch-size, --num-steps or --num-samples")
-        except OSError as error:  # disk full, permission denied, ...
-            if debug:
-                raise
-            where = f" ({error.filename})" if error.filename else ""
-            _fail(f"{error.strerror or error}{where}")
-
-    return wrapper
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or any(
-        phrase in text
-        for phrase in ("out of memory", "not enough memory", "allocate memory", "size calculation overflowed")
-    )
-
-
-def _recipe_path(name: str) -> Path:
-    path = Path(name)
-    if path.is_file():
-        return path
-    recipe = resources.files("textrnn") / "recipes" / f"{name}.toml"
-    if recipe.is_file():
-        return Path(str(recipe))
-    available = sorted(
-        p.name[:-5] for p in (resources.files("textrnn") / "recipes").iterdir() if p.name.endswith(".toml")
-    )
-    raise click.BadParameter(
-        f"{name} is neither a TOML file nor a recipe ({', '.join(available)})", param_hint="--config"
-    )
-
-
-def _load_config(context: click.Context, parameter: click.Parameter, value: str | None):
-    """``--config FILE.toml|RECIPE``: its keys become the defaults, so flags given override them."""
-    if value is None:
-        return None
-    path = _recipe_path(value)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise click.BadParameter(f"{path} is not valid TOML ({error})", param_hint="--config") from None
-    known = {p.name for p in context.command.params} - {"config", "debug", "json_output"}
-    settings = {key.replace("-", "_"): item for key, item in data.items()}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise click.BadParameter(f"{path} sets unknown options {unknown}", param_hint="--config")
-    context.default_map = {**(context.default_map or {}), **settings}
-    return str(path)
-
-
-def _given(values: dict, cls) -> dict:
-    names = {field.name for field in dataclasses.fields(cls)}
-    return {key: item for key, item in values.items() if key in names and item is not None}
-
-
-def _number(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
+from textrnn.forecast_cli import forecast
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="textrnn")
 def cli() -> None:
-    """Recurrent character language models: train, sample, evaluate."""
+    """Recurrent sequence models: character language models (train, sample, eval, fill, compare) and forecasting."""
 
 
 _MODEL_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
@@ -146,7 +65,7 @@ def _option(*names, default_text: str | None = None, **kwargs):
 _TRAINING_OPTIONS = [
     click.option(
         "--config",
-        callback=_load_config,
+        callback=load_config,
         is_eager=True,
         expose_value=False,
         help="TOML file or recipe name (d2l-gru, quick) whose keys set any option; flags override it.",
@@ -234,17 +153,7 @@ def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]
         options = {**options, "cell": cell}
     if options.get("task") == "infill" and options.get("bidirectional") is None:
         options = {**options, "bidirectional": True}  # infill reads both sides by definition
-    return ModelConfig(**_given(options, ModelConfig)), TrainConfig(**_given(options, TrainConfig))
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if not 1 <= threads <= 1024:
-        raise TextrnnError(f"--threads must be in [1, 1024], got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
+    return ModelConfig(**given(options, ModelConfig)), TrainConfig(**given(options, TrainConfig))
 
 
 def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, printer=None):
@@ -295,7 +204,7 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
     from textrnn.checkpoint import newest_run, read_config, train_config_of
 
     model_config, train_config = _configs(options, cell)
-    _set_threads(threads)
+    set_threads(threads)
     if resume:
         out = out or newest_run()
         # The stored run decides everything but the limits and evaluation interval given now.
@@ -313,7 +222,7 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
         stored = train_config_of(read_config(Path(out)))
         limits = {name: options.get(name) for name in LIMITS}
         train_config = with_limits(
-            dataclasses.replace(stored, **_given({k: options.get(k) for k in ("eval_every", "device")}, TrainConfig)),
+            dataclasses.replace(stored, **given({k: options.get(k) for k in ("eval_every", "device")}, TrainConfig)),
             **limits,
         )
     if out is None:
@@ -328,8 +237,8 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
         click.echo(json.dumps(json_safe(summary), allow_nan=False))
     else:
         click.echo(
-            f"best validation perplexity {_number(summary['best_val_perplexity'])} "
-            f"(last {_number(summary['val_perplexity'])}, {_number(summary['val_bits_per_char'])} bits/char) "
+            f"best validation perplexity {number(summary['best_val_perplexity'])} "
+            f"(last {number(summary['val_perplexity'])}, {number(summary['val_bits_per_char'])} bits/char) "
             f"after {summary['steps']:,} steps, {summary['tokens']:,} tokens, {summary['elapsed_sec']:.0f} s, "
             f"{summary['tokens_per_sec']:,.0f} tokens/s\nsaved in {summary['checkpoint']}"
         )
@@ -367,7 +276,7 @@ def compare(cells, out, data_dir, threads, json_output, **options):
     if not names or unknown:
         raise TextrnnError(f"--cells takes a comma-separated list of {', '.join(CELLS)}; got {cells!r}")
     configs = [_configs(options, name) for name in names]  # every config is checked before any training
-    _set_threads(threads)
+    set_threads(threads)
     out = out or Path("checkpoints") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     rows = []
     for name, (model_config, train_config) in zip(names, configs):
@@ -404,8 +313,8 @@ def _table(rows: list[dict]) -> str:
             row["cell"],
             f"{row['parameters']:,}",
             f"{row['tokens_per_sec']:,.0f}",
-            _number(row["best_val_perplexity"]),
-            _number(row["val_bits_per_char"]),
+            number(row["best_val_perplexity"]),
+            number(row["val_bits_per_char"]),
             f"{row['elapsed_sec']:.0f}",
             row["checkpoint"],
         )
@@ -457,8 +366,8 @@ class _TrainPrinter:
         elif event == "eval":
             mark = " *" if info["improved"] else ""
             tqdm.write(
-                f"step {info['step']:>6,}  train ppl {_number(info['train_perplexity'])}  val ppl {_number(info['val_perplexity'])}"
-                f"  val bpc {_number(info['val_bits_per_char'])}  {info['tokens_per_sec']:,.0f} tok/s  {info['elapsed_sec']:.0f} s{mark}",
+                f"step {info['step']:>6,}  train ppl {number(info['train_perplexity'])}  val ppl {number(info['val_perplexity'])}"
+                f"  val bpc {number(info['val_bits_per_char'])}  {info['tokens_per_sec']:,.0f} tok/s  {info['elapsed_sec']:.0f} s{mark}",
                 file=sys.stderr,
             )
 
@@ -572,6 +481,9 @@ def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
     filled = fill_blanks(model, text, config, tokenizer=tokenizer)
     click.echo(json.dumps({"text": filled}, ensure_ascii=False) if json_output else filled)
+
+
+cli.add_command(forecast)
 
 
 def main() -> None:

@@ -170,6 +170,111 @@ class SampleConfig:
         _require(self.num_samples >= 1, f"--num-samples must be at least 1, got {self.num_samples}")
 
 
+FORECAST_LOSSES = ("mse", "l1", "huber")
+FORECAST_DEFAULT_EPOCHS = 30
+FORECAST_DEFAULT_SECONDS = 290.0
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    """Data, model and training settings of a forecasting run (``textrnn forecast train``).
+
+    The model is the encoder of ``textrnn.nn`` over a window of ``lookback`` steps (the scaled
+    target and calendar features), then a linear head from its last state to ``horizon`` values.
+    """
+
+    csv: tuple[str, ...] = ()
+    time_col: str = "Datetime"
+    target: tuple[str, ...] = ()
+    time_format: str | None = None  # None: ISO 8601 or a common format, detected
+    max_gap: int = 6  # missing steps interpolated; longer gaps split the series
+    calendar: str = "linear"
+    lookback: int = 90
+    horizon: int = 1
+    season: int | None = None  # None: a day for sub-daily data, a week for daily data
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    cell: str = "gru"
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.0
+    backend: str = "auto"
+    bidirectional: bool = False
+    transition_depth: int = 1
+    residual: bool = True  # the head predicts the change from the last observed value
+    batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    clip: float = 1.0
+    max_bad_steps: int = 10  # non-finite steps in a row before the run stops (CPU); 0: no check
+    loss: str = "mse"
+    warmup_steps: int = 100
+    epochs: int | None = None
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    patience: int = 5  # evaluations without a better validation loss before stopping early (0: never)
+    eval_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "csv", tuple(str(path) for path in self.csv))
+        object.__setattr__(self, "target", tuple(self.target))
+        if self.epochs is None and self.max_steps is None and self.max_seconds is None:
+            object.__setattr__(self, "epochs", FORECAST_DEFAULT_EPOCHS)
+            object.__setattr__(self, "max_seconds", FORECAST_DEFAULT_SECONDS)
+        if self.backend == "auto":
+            scratch = self.cell in SCRATCH_ONLY_CELLS or self.transition_depth > 1
+            object.__setattr__(self, "backend", "scratch" if scratch else "fused")
+        _require(self.cell in CELLS, f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
+        _require(self.backend in BACKENDS, f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        check_backend(self.cell, self.backend, self.transition_depth)
+        _require(
+            self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+        )
+        _require(
+            self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"
+        )
+        _require(
+            self.loss in FORECAST_LOSSES, f"unknown loss {self.loss!r}: choose one of {', '.join(FORECAST_LOSSES)}"
+        )
+        _require(self.device in DEVICES, f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        _require(self.calendar in ("linear", "cyclical", "none"), f"unknown calendar {self.calendar!r}")
+        _require(bool(self.time_col), "--time-col must name the time column")
+        _require(len(set(self.target)) == len(self.target), f"--target names a column twice: {list(self.target)}")
+        _require(1 <= self.lookback <= 100_000, f"--lookback must be in [1, 100000], got {self.lookback}")
+        _require(1 <= self.horizon <= 10_000, f"--horizon must be in [1, 10000], got {self.horizon}")
+        _require(self.season is None or self.season >= 1, f"--season must be at least 1, got {self.season}")
+        _require(0 <= self.max_gap <= 1_000_000, f"--max-gap must be in [0, 1000000], got {self.max_gap}")
+        _require(self.hidden_size >= 1, f"--hidden-size must be at least 1, got {self.hidden_size}")
+        _require(1 <= self.num_layers <= 100, f"--num-layers must be in [1, 100], got {self.num_layers}")
+        _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        _require(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        _require(0 < self.lr < math.inf, f"--lr must be positive and finite, got {self.lr}")
+        _require(0 <= self.weight_decay < math.inf, f"--weight-decay must be non-negative, got {self.weight_decay}")
+        _require(0 <= self.clip < math.inf, f"--clip must be non-negative and finite (0: off), got {self.clip}")
+        _require(self.warmup_steps >= 0, f"--warmup-steps must be non-negative, got {self.warmup_steps}")
+        _require(self.max_bad_steps >= 0, f"--max-bad-steps must be non-negative, got {self.max_bad_steps}")
+        _require(self.patience >= 0, f"--patience must be non-negative, got {self.patience}")
+        _require(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
+        _require(0 <= self.seed < 2**63, f"--seed must be in [0, 2**63), got {self.seed}")
+        _require(self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        _require(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}")
+        _require(
+            self.max_seconds is None or self.max_seconds >= 0,
+            f"--max-seconds must be non-negative (0: no time limit), got {self.max_seconds}",
+        )
+        _require(
+            self.epochs is not None or self.max_steps is not None or self.max_seconds,
+            "the run has no end: give --epochs, --max-steps or a positive --max-seconds",
+        )
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _require(0.0 < value < 0.5, f"--{name.replace('_', '-')} must be in (0, 0.5), got {value}")
+
+
 def with_limits(config: TrainConfig, **limits) -> TrainConfig:
     """``config`` with new run limits: any limit given replaces all three (None: unchanged)."""
     given = {name: value for name, value in limits.items() if value is not None}

@@ -64,3 +64,41 @@ def _neighbour_states(forward: torch.Tensor, backward: torch.Tensor) -> torch.Te
     after token t-1 and the backward state after token t+1 (zeros past either end): nothing from token t."""
     zeros = forward.new_zeros(forward.shape[0], 1, forward.shape[2])
     return torch.cat([torch.cat([zeros, forward[:, :-1]], dim=1), torch.cat([backward[:, 1:], zeros], dim=1)], dim=-1)
+
+
+class Forecaster(nn.Module):
+    """Forecaster: a window of features -> encoder -> linear head from the last state to ``horizon`` values.
+
+    Input (B, T, F) where feature 0 is the scaled target; output (B, horizon) scaled values.
+    With ``residual`` the head predicts the change from the last observed value (the
+    persistence forecast is the model's starting point). A bidirectional encoder reads the
+    observed window both ways: the head sees the forward state after the last step and the
+    backward state after the first, each of which has read the whole window.
+    """
+
+    def __init__(self, config, input_size: int):
+        super().__init__()
+        self.config = config
+        self.encoder = make_encoder(
+            config.cell,
+            input_size,
+            config.hidden_size,
+            config.num_layers,
+            config.dropout,
+            backend=config.backend,
+            bidirectional=config.bidirectional,
+            transition_depth=config.transition_depth,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size * (2 if config.bidirectional else 1), config.horizon)
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        outputs, _ = self.encoder(window)
+        hidden = self.config.hidden_size
+        last = outputs[:, -1, :hidden]
+        if self.config.bidirectional:
+            last = torch.cat([last, outputs[:, 0, hidden:]], dim=-1)
+        forecast = self.head(self.dropout(last))
+        if self.config.residual:
+            forecast = forecast + window[:, -1, :1]
+        return forecast

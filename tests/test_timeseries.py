@@ -1,0 +1,208 @@
+"""CSV reading, cleaning (duplicates, gaps, daylight saving), calendar features, scaling, windows, metrics."""
+
+import math
+
+import numpy as np
+import pytest
+
+from textrnn.errors import TextrnnError
+from textrnn.timeseries import (
+    Scaler,
+    baseline_forecasts,
+    build_dataset,
+    calendar_features,
+    clean,
+    metrics,
+    parse_times,
+    read_csv,
+    split_points,
+    window_indices,
+)
+
+
+def times(*texts):
+    return np.array(texts, dtype="datetime64[s]")
+
+
+def hourly(count, start="2020-01-01T00:00"):
+    return np.datetime64(start, "s") + np.timedelta64(3600, "s") * np.arange(count)
+
+
+def write(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize(
+    "cells, expected",
+    [
+        (["10/1/2004 1:00", "10/1/2004 2:00"], ["2004-10-01T01:00", "2004-10-01T02:00"]),
+        (["2004-10-01 01:00:00", "2004-10-01T02:00"], ["2004-10-01T01:00", "2004-10-01T02:00"]),
+        (["2004-10-01T01:00+02:00"], ["2004-09-30T23:00"]),  # an offset is converted to UTC
+        (["12/01/2020 00:00", "13/01/2020 00:00"], ["2020-01-12T00:00", "2020-01-13T00:00"]),  # day 13: day-first
+        (["1.10.2004 01:00", ""], ["2004-10-01T01:00", "NaT"]),
+    ],
+)
+def test_common_time_formats_are_detected(cells, expected):
+    parsed, _ = parse_times(cells, None, "test")
+    assert parsed.tolist() == times(*expected).tolist()
+
+
+def test_an_unparseable_time_is_one_clear_error():
+    with pytest.raises(TextrnnError, match="not a time this reader knows.*--time-format"):
+        parse_times(["yesterday", "today"], None, "test")
+    with pytest.raises(TextrnnError, match="row 3 holds 'soon'"):
+        parse_times(["2020-01-01 00:00", "soon"], None, "test")
+    parsed, _ = parse_times(["01|02|2020"], "%d|%m|%Y", "test")
+    assert parsed[0] == np.datetime64("2020-02-01")
+
+
+def test_read_csv_reads_missing_values_and_refuses_words(tmp_path):
+    path = write(
+        tmp_path, "\ufefftime;load;other\n2020-01-01 00:00;1.5;x\n2020-01-01 01:00;NA;y\n2020-01-01 02:00;;z\n"
+    )
+    table = read_csv(path, "time", ["load"])
+    assert np.isnan(table.columns["load"][1:]).all() and table.columns["load"][0] == 1.5
+    assert table.rows == 3
+    with pytest.raises(TextrnnError, match="column 'other' is not numeric: row 2 holds 'x'"):
+        read_csv(path, "time", ["other"])
+    with pytest.raises(TextrnnError, match="has no column 'AEP_MW'; its columns are time, load, other"):
+        read_csv(path, "time", ["AEP_MW"])
+    with pytest.raises(TextrnnError, match="does not exist"):
+        read_csv(tmp_path / "nothing.csv", "time", ["load"])
+    with pytest.raises(TextrnnError, match="is empty"):
+        read_csv(write(tmp_path, "", "empty.csv"), "time", ["load"])
+
+
+# ----------------------------------------------------------------------------- cleaning
+
+
+def test_rows_are_sorted_and_duplicated_times_averaged():
+    series = clean(
+        times("2020-01-01T02:00", "2020-01-01T00:00", "2020-01-01T01:00", "2020-01-01T01:00"),
+        np.array([3.0, 1.0, 2.0, 4.0]),
+        "load",
+        max_gap=2,
+    )
+    assert series.values.tolist() == [1.0, 3.0, 3.0]
+    assert series.report["unsorted"] and series.report["duplicated_times"] == 1
+    assert series.times.tolist() == hourly(3).tolist()
+
+
+def test_daylight_saving_changes_in_local_time_are_repaired():
+    # Spring forward: 02:00 never happens; autumn: 01:00 happens twice (two readings).
+    spring = times("2021-03-14T00:00", "2021-03-14T01:00", "2021-03-14T03:00", "2021-03-14T04:00")
+    autumn = times("2021-11-07T00:00", "2021-11-07T01:00", "2021-11-07T01:00", "2021-11-07T02:00")
+    series = clean(spring, np.array([10.0, 12.0, 16.0, 18.0]), "load", max_gap=1)
+    assert series.values.tolist() == [10.0, 12.0, 14.0, 16.0, 18.0]  # the missing hour, interpolated in time
+    assert series.report["missing_times"] == 1 and series.report["filled"] == 1 and len(series.segments) == 1
+    series = clean(autumn, np.array([10.0, 11.0, 13.0, 14.0]), "load", max_gap=1)
+    assert series.values.tolist() == [10.0, 12.0, 14.0]
+    assert series.report["duplicated_times"] == 1
+
+
+def test_long_gaps_split_the_series_and_missing_values_are_filled():
+    stamps = np.concatenate([hourly(5), hourly(5, "2020-01-02T00:00")])  # 19 missing hours between
+    values = np.array([1.0, np.nan, 3.0, np.nan, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    series = clean(stamps, values, "load", max_gap=3)
+    assert series.segments == [(0, 5), (5, 10)]
+    assert series.values.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert series.report["filled"] == 2 and series.report["left_out"] == 19
+    # A run of missing values longer than max_gap splits too; nothing is invented there.
+    values = np.array([1.0, 2.0, np.nan, np.nan, np.nan, 6.0, 7.0])
+    series = clean(hourly(7), values, "load", max_gap=2)
+    assert series.segments == [(0, 2), (2, 4)] and series.values.tolist() == [1.0, 2.0, 6.0, 7.0]
+
+
+def test_impossible_series_are_refused_clearly():
+    with pytest.raises(TextrnnError, match="every cell is missing"):
+        clean(hourly(4), np.full(4, np.nan), "load", max_gap=2)
+    with pytest.raises(TextrnnError, match="single time"):
+        clean(times("2020-01-01", "2020-01-01"), np.array([1.0, 2.0]), "load", max_gap=2)
+    with pytest.raises(TextrnnError, match="not on a regular grid"):
+        clean(times("2020-01-01T00:00", "2020-01-01T01:00", "2020-01-01T02:00", "2020-01-01T02:30"), np.ones(4), "x", 2)
+
+
+# ----------------------------------------------------------------------------- features and scaling
+
+
+def test_calendar_features_of_a_known_time():
+    # 2004-10-01 01:00 was a Friday (weekday 4), month 10 (index 9), day 275 of a leap year (index 274).
+    linear = calendar_features(times("2004-10-01T01:00"), "linear")[0]
+    assert np.allclose(linear, [1 / 23, 4 / 6, 9 / 11, 274 / 365])
+    cyclical = calendar_features(times("2004-10-01T06:00"), "cyclical")[0]
+    assert cyclical.shape == (8,) and np.allclose(cyclical[:2], [1.0, 0.0], atol=1e-6)  # 6 h: a quarter day
+    assert calendar_features(times("2004-10-01"), "none").shape == (1, 0)
+
+
+def test_scalers_are_fitted_on_the_training_part_only():
+    values = np.concatenate([np.linspace(0.0, 10.0, 80), np.full(20, 1000.0)])  # huge values after training
+    series = clean(hourly(100), values, "load", max_gap=2)
+    dataset = build_dataset([series], 4, 1, "none", 0.1, 0.1, season=1)
+    train_end, _ = split_points(100, 0.1, 0.1)
+    assert dataset.scalers == [Scaler(0.0, float(values[:train_end].max()))]
+    assert dataset.values[:train_end].max() == pytest.approx(1.0)
+    constant = Scaler.fit(np.full(5, 7.0))
+    assert constant.transform(np.array([7.0])) == 0.0 and constant.inverse(np.array([0.0])) == 7.0
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def test_windows_read_the_right_points_and_never_cross_a_segment():
+    stamps = np.concatenate([hourly(30), hourly(20, "2020-01-03T00:00")])
+    series = clean(stamps, np.arange(50, dtype=float), "load", max_gap=2)
+    dataset = build_dataset([series], 5, 2, "linear", 0.1, 0.1, season=3)
+    for split, starts in dataset.starts.items():
+        inputs, targets = window_indices(starts, 5, 2)
+        # Values are 0..49 in order, so a window's raw inputs and targets are consecutive numbers.
+        assert (np.diff(dataset.raw[np.concatenate([inputs, targets], axis=1)], axis=1) == 1).all(), split
+        assert dataset.features.shape == (50, 5)
+    test_targets = window_indices(dataset.starts["test"], 5, 2)[1]
+    _, test_start = split_points(50, 0.1, 0.1)
+    assert test_targets.min() == test_start and test_targets.max() == 49
+    # Horizon 1: every point after the first lookback of each segment is a target of exactly one split.
+    dataset = build_dataset([series], 5, 1, "none", 0.1, 0.1, season=1)
+    targets = np.concatenate([window_indices(s, 5, 1)[1].ravel() for s in dataset.starts.values()])
+    assert sorted(targets.tolist()) == [*range(5, 30), *range(35, 50)]
+
+
+def test_lazy_windows_agree_between_numpy_and_torch():
+    torch = pytest.importorskip("torch")
+    starts = np.array([0, 7, 11])
+    numpy_inputs, numpy_targets = window_indices(starts, 4, 3)
+    torch_inputs, torch_targets = window_indices(torch.from_numpy(starts), 4, 3, xp=torch)
+    assert torch_inputs.tolist() == numpy_inputs.tolist() and torch_targets.tolist() == numpy_targets.tolist()
+
+
+def test_a_series_too_short_for_a_window_is_refused():
+    series = clean(hourly(20), np.arange(20, dtype=float), "load", max_gap=2)
+    with pytest.raises(TextrnnError, match="too short.*--lookback"):
+        build_dataset([series], 30, 1, "none", 0.1, 0.1, season=1)
+
+
+# ----------------------------------------------------------------------------- metrics and baselines
+
+
+def test_metrics_match_hand_computed_values():
+    result = metrics(np.array([100.0, 200.0, 0.0]), np.array([110.0, 180.0, 0.0]))
+    assert result["mae"] == pytest.approx(10.0)
+    assert result["rmse"] == pytest.approx(math.sqrt(500 / 3))
+    assert result["mape"] == pytest.approx(10.0)  # the zero target is left out
+    assert result["smape"] == pytest.approx(100 * (20 / 210 + 40 / 380 + 0) / 3)
+    # The seed divided by (y + yhat) and then by 2: a quarter of the standard figure.
+    y, yhat = np.array([100.0, 200.0]), np.array([110.0, 180.0])
+    assert np.mean(np.abs(y - yhat) / (y + yhat) / 2) * 100 == pytest.approx(metrics(y, yhat)["smape"] / 4)
+    assert metrics(np.zeros(2), np.ones(2))["mape"] is None
+
+
+def test_baselines_repeat_the_last_value_and_the_last_season():
+    values = np.arange(20, dtype=float)
+    forecasts = baseline_forecasts(values, np.array([0, 5]), lookback=6, horizon=4, season=3)
+    assert forecasts["persistence"].tolist() == [[5.0] * 4, [10.0] * 4]
+    # Targets 6..9 from start 0: one season back is 3, 4, 5; the fourth step goes back two seasons to 3.
+    assert forecasts["seasonal_naive"].tolist() == [[3.0, 4.0, 5.0, 3.0], [8.0, 9.0, 10.0, 8.0]]

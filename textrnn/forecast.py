@@ -1,0 +1,553 @@
+"""Forecasting runs: train a ``Forecaster`` on CSV series, score it next to the baselines, forecast past the end.
+
+Like ``train.train``, nothing here prints: progress goes through ``callback(event, info)``
+(events ``start``, ``step``, ``log``, ``eval``, ``end``). A run directory holds
+``config.json`` (the config, the files with their checksums, each series' scaler and
+cleaning report), ``last.pt`` (weights and trainer state), ``best.pt`` (the weights with
+the best validation sMAPE), ``metrics.jsonl`` and ``results.json`` (the test scores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from textrnn import checkpoint
+from textrnn.config import LIMITS, ForecastConfig, from_dict
+from textrnn.errors import TextrnnError
+from textrnn.models import Forecaster
+from textrnn.timeseries import (
+    Dataset,
+    Scaler,
+    Series,
+    baseline_forecasts,
+    build_dataset,
+    calendar_features,
+    clean,
+    default_season,
+    metrics,
+    read_csv,
+    window_indices,
+)
+from textrnn.train import LOG_EVERY, _Progress, _rng_state, _set_rng_state, build_optimizer, learning_rate
+from textrnn.train import resolve_device as resolve_device
+
+EVAL_BATCH = 4096  # windows per forward pass when scoring
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_series(config: ForecastConfig, paths=None, step_seconds: int | None = None) -> tuple[list[Series], list[dict]]:
+    """Read and clean every ``--target`` column of every file: one series per (file, column)."""
+    paths = [str(path) for path in (paths or config.csv)]
+    if not paths:
+        raise TextrnnError("no data: give --csv FILE (several allowed)")
+    if not config.target:
+        raise TextrnnError("no target: give --target COLUMN (several allowed)")
+    stems = [Path(path).stem for path in paths]
+    series, files = [], []
+    for number, path in enumerate(paths):
+        table = read_csv(path, config.time_col, list(config.target), config.time_format)
+        files.append(
+            {
+                "path": str(Path(path).resolve()),
+                "sha256": table.sha256,
+                "rows": table.rows,
+                "time_format": table.time_format,
+            }
+        )
+        for column, values in table.columns.items():
+            if len(paths) == 1:
+                name = column
+            else:
+                name = f"{stems[number]}:{column}" if stems.count(stems[number]) == 1 else f"{number}:{column}"
+            series.append(clean(table.times, values, name, config.max_gap, step_seconds))
+    steps = sorted({item.step_seconds for item in series})
+    if len(steps) > 1:
+        raise TextrnnError(
+            f"the series have different steps ({', '.join(item.report['step'] + ' for ' + item.name for item in series)}): "
+            "train them separately or resample them to one step"
+        )
+    return series, files
+
+
+def season_of(config: ForecastConfig, series: list[Series]) -> int:
+    return config.season or default_season(series[0].step_seconds)
+
+
+def describe_data(series: list[Series], files: list[dict], dataset: Dataset, config: ForecastConfig) -> dict:
+    """What ``config.json`` keeps about the data: enough to check, rescale and explain it later."""
+    return {
+        "files": files,
+        "step_seconds": series[0].step_seconds,
+        "season": dataset.season,
+        "input_size": int(dataset.features.shape[1]),
+        "windows": {split: int(len(starts)) for split, starts in dataset.starts.items()},
+        "series": [
+            {
+                "name": item.name,
+                "scaler": dataclasses.asdict(scaler),
+                "report": item.report,
+                "first_test_time": first_test,
+            }
+            for item, scaler, first_test in zip(series, dataset.scalers, dataset.first_test_time)
+        ],
+    }
+
+
+def stored_scalers(config: dict) -> list[Scaler]:
+    return [Scaler(**item["scaler"]) for item in config["data"]["series"]]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def predict_windows(model: Forecaster, features: torch.Tensor, starts: np.ndarray, lookback: int) -> np.ndarray:
+    """Scaled forecasts (W, horizon) for the windows starting at ``starts``."""
+    device = features.device
+    outputs = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for begin in range(0, len(starts), EVAL_BATCH):
+            chunk = torch.from_numpy(starts[begin : begin + EVAL_BATCH]).to(device)
+            inputs, _ = window_indices(chunk, lookback, 0, xp=torch)
+            outputs.append(model(features[inputs]).float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.config.horizon), np.float32)
+
+
+def score(model: Forecaster, dataset: Dataset, split: str, features: torch.Tensor | None = None) -> dict:
+    """Metrics of the model and of the baselines on one split, per series and overall, in the data's units.
+
+    Returns ``test`` ({series: metrics}), ``overall``, ``baselines`` ({persistence|seasonal_naive: {series: metrics}}),
+    ``baselines_overall`` and, for plots, ``arrays`` (times, actual, predicted per series; not JSON).
+    """
+    if features is None:
+        features = torch.from_numpy(dataset.features).to(next(model.parameters()).device)
+    starts = dataset.starts[split]
+    lookback, horizon = dataset.lookback, dataset.horizon
+    scaled = predict_windows(model, features, starts, lookback).astype(np.float64)
+    ids = dataset.series_of[starts]
+    minimum = np.array([s.minimum for s in dataset.scalers])[ids][:, None]
+    span = np.array([s.span for s in dataset.scalers])[ids][:, None]
+    predicted = scaled * span + minimum
+    _, targets = window_indices(starts, lookback, horizon)
+    actual = dataset.raw[targets]
+    baselines = baseline_forecasts(dataset.raw, starts, lookback, horizon, dataset.season)
+
+    def per_series(forecast: np.ndarray) -> dict:
+        return {
+            name: metrics(actual[ids == number], forecast[ids == number])
+            for number, name in enumerate(dataset.names)
+            if (ids == number).any()
+        }
+
+    return {
+        "test": per_series(predicted),
+        "overall": metrics(actual, predicted),
+        "baselines": {name: per_series(forecast) for name, forecast in baselines.items()},
+        "baselines_overall": {name: metrics(actual, forecast) for name, forecast in baselines.items()},
+        "arrays": {"targets": targets, "ids": ids, "actual": actual, "predicted": predicted},
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _loss(config: ForecastConfig):
+    if config.loss == "l1":
+        return F.l1_loss
+    if config.loss == "huber":
+        return lambda predicted, target: F.huber_loss(predicted, target, delta=0.01)
+    return F.mse_loss
+
+
+def _kept(out_dir: Path) -> str:
+    return f"the last good checkpoint in {out_dir} was kept" if (out_dir / "last.pt").exists() else "nothing was saved"
+
+
+def train_forecaster(
+    config: ForecastConfig, out_dir: str | Path, *, resume: bool = False, callback=None, should_stop=None
+) -> dict:
+    """Train a forecaster, then score its best weights on the test split next to the baselines.
+
+    ``resume=True`` continues the run in ``out_dir`` (its stored config, with the limits,
+    ``eval_every`` and ``device`` of ``config``). Returns the summary: ``test``, ``overall``,
+    ``baselines``, ``baselines_overall``, ``elapsed_sec``, ``checkpoint`` and training figures.
+    """
+    report = callback or (lambda event, info: None)
+    out_dir = Path(out_dir)
+    saved = None
+    if resume:
+        stored = checkpoint.read_config(out_dir, task="forecast")
+        limits = {name: getattr(config, name) for name in LIMITS}
+        config = dataclasses.replace(
+            from_dict(ForecastConfig, stored["forecast"]), eval_every=config.eval_every, device=config.device, **limits
+        )
+        if (out_dir / "last.pt").exists():
+            saved = checkpoint.read_tensors(out_dir / "last.pt")
+            if "trainer" not in saved:
+                raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
+    series, files = load_series(config)
+    if resume:
+        for now, before in zip(files, stored["data"]["files"]):
+            if now["sha256"] != before["sha256"]:
+                raise TextrnnError(f"{now['path']} changed since the run began (sha256 differs): it cannot be resumed")
+    dataset = build_dataset(
+        series,
+        config.lookback,
+        config.horizon,
+        config.calendar,
+        config.val_fraction,
+        config.test_fraction,
+        season_of(config, series),
+    )
+    data = describe_data(series, files, dataset, config)
+    if not resume:
+        checkpoint.start_run(out_dir, checkpoint.forecast_run_config(config, data))
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = Forecaster(config, dataset.features.shape[1]).to(device)
+    features = torch.from_numpy(dataset.features).to(device)
+    values = torch.from_numpy(dataset.values).to(device)
+    train_starts = torch.from_numpy(dataset.starts["train"]).to(device)
+    per_epoch = math.ceil(len(train_starts) / config.batch_size)
+    optimizer = build_optimizer(model, config)
+    progress = _Progress(config, per_epoch)
+    loss_function = _loss(config)
+    counters = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "windows": 0,
+        "elapsed": 0.0,
+        "train_time": 0.0,
+        "best_val": math.inf,
+        "evals_without_gain": 0,
+        "skipped_steps": 0,
+    }
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["trainer"]["optimizer"])
+        counters.update(saved["trainer"]["counters"])
+        _set_rng_state(saved["trainer"]["rng"])
+    first_step = counters["step"]
+    parameters = sum(p.numel() for p in model.parameters())
+    report(
+        "start",
+        {
+            "run_dir": str(out_dir),
+            "device": str(device),
+            "parameters": parameters,
+            "series": [(item.name, item.report) for item in series],
+            "windows": data["windows"],
+            "season": dataset.season,
+            "resumed_at": counters["step"] if resume else None,
+        },
+    )
+
+    check_steps = config.max_bad_steps > 0 and device.type == "cpu"
+    bad_in_a_row = 0
+    loss_sum, loss_steps = torch.zeros((), device=device), 0
+    last = {"val_smape": math.nan}
+    stopped_early = interrupted = False
+    segment_start = time.perf_counter()
+    elapsed_at_start, train_time_at_start, eval_time = counters["elapsed"], counters["train_time"], 0.0
+
+    def elapsed() -> float:
+        return elapsed_at_start + time.perf_counter() - segment_start
+
+    def finished() -> bool:
+        return stopped_early or progress(counters["step"], elapsed()) >= 1.0
+
+    def evaluate_and_save() -> None:
+        nonlocal eval_time, stopped_early
+        started = time.perf_counter()
+        counters["elapsed"] = elapsed()
+        counters["train_time"] = train_time_at_start + (started - segment_start) - eval_time
+        val = score(model, dataset, "val", features)["overall"]
+        last["val_smape"] = val["smape"]
+        if not math.isfinite(val["smape"]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TextrnnError(
+                f"training diverged at step {counters['step']} (validation forecasts are not finite): lower --lr; "
+                f"{_kept(out_dir)}"
+            )
+        improved = val["smape"] < counters["best_val"]
+        if improved:
+            counters["best_val"] = val["smape"]
+            counters["evals_without_gain"] = 0
+            checkpoint.write_tensors(
+                out_dir / "best.pt", {"model": model.state_dict(), "step": counters["step"], "val_smape": val["smape"]}
+            )
+        else:
+            counters["evals_without_gain"] += 1
+            stopped_early = bool(config.patience) and counters["evals_without_gain"] >= config.patience
+        record = {
+            "step": counters["step"],
+            "epoch": counters["epoch"],
+            "elapsed_sec": round(counters["elapsed"], 3),
+            "lr": optimizer.param_groups[0]["lr"],
+            "val_smape": val["smape"],
+            "val_mae": val["mae"],
+            "best_val_smape": counters["best_val"],
+            "windows_per_sec": counters["windows"] / max(counters["train_time"], 1e-9),
+        }
+        trainer_state = {"optimizer": optimizer.state_dict(), "counters": dict(counters), "rng": _rng_state()}
+        checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
+        checkpoint.append_metrics(out_dir, record)
+        eval_time += time.perf_counter() - started
+        report("eval", dict(record, improved=improved, stopped_early=stopped_early))
+
+    with checkpoint.locked(out_dir):
+        model.train()
+        while not (finished() or interrupted):
+            # One shuffle per (seed, epoch): a resumed run sees the same batches in the same order.
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + counters["epoch"])
+            order = torch.randperm(len(train_starts), generator=generator).to(device)
+            for batch in range(counters["batch"], per_epoch):
+                starts = train_starts[order[batch * config.batch_size : (batch + 1) * config.batch_size]]
+                inputs, targets = window_indices(starts, config.lookback, config.horizon, xp=torch)
+                lr = learning_rate(config, counters["step"], progress(counters["step"], elapsed()))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = loss_function(model(features[inputs]), values[targets])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                threshold = config.clip if config.clip > 0 else math.inf
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), threshold, foreach=True)
+                counters["batch"] = batch + 1
+                if check_steps and not bool(torch.isfinite(norm)):  # a free read on the CPU; see train.py
+                    optimizer.zero_grad(set_to_none=True)
+                    counters["skipped_steps"] += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= config.max_bad_steps:
+                        raise TextrnnError(
+                            f"training stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                            f"(at step {counters['step']}): lower --lr or check the data; {_kept(out_dir)}"
+                        )
+                    continue
+                bad_in_a_row = 0
+                optimizer.step()
+                loss_sum += loss.detach()
+                loss_steps += 1
+                counters["step"] += 1
+                counters["windows"] += len(starts)
+                step = counters["step"]
+                report("step", {"step": step, "progress": progress(step, elapsed())})
+                if step % LOG_EVERY == 0:
+                    train_time = train_time_at_start + (time.perf_counter() - segment_start) - eval_time
+                    report(
+                        "log",
+                        {
+                            "step": step,
+                            "train_loss": float(loss_sum) / loss_steps,
+                            "windows_per_sec": counters["windows"] / max(train_time, 1e-9),
+                        },
+                    )
+                    loss_sum, loss_steps = torch.zeros((), device=device), 0
+                if step % config.eval_every == 0:
+                    evaluate_and_save()
+                interrupted = should_stop is not None and should_stop()
+                if finished() or interrupted:
+                    break
+            else:
+                counters["epoch"] += 1
+                counters["batch"] = 0
+        if counters["step"] > first_step and counters["step"] % config.eval_every:
+            evaluate_and_save()
+        elif not (out_dir / "best.pt").exists():
+            evaluate_and_save()
+
+    # The test scores come from the best weights by validation.
+    best = checkpoint.read_tensors(out_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    results = score(model, dataset, "test", features)
+    summary = {
+        **{key: results[key] for key in ("test", "overall", "baselines", "baselines_overall")},
+        "best_val_smape": counters["best_val"],
+        "best_step": best.get("step"),
+        "steps": counters["step"],
+        "epochs": counters["epoch"] + counters["batch"] / max(per_epoch, 1),
+        "train_seconds": counters["train_time"],
+        "windows_per_sec": counters["windows"] / max(counters["train_time"], 1e-9),
+        "parameters": parameters,
+        "stopped_early": stopped_early,
+        "interrupted": interrupted,
+        "skipped_steps": counters["skipped_steps"],
+        "elapsed_sec": elapsed(),
+        "checkpoint": str(out_dir),
+    }
+    checkpoint.write_json(out_dir / "results.json", checkpoint.json_safe_tree(_public(summary)))
+    report("end", summary)
+    summary["arrays"] = results["arrays"]
+    summary["dataset"] = dataset
+    return summary
+
+
+def _public(summary: dict) -> dict:
+    return {key: value for key, value in summary.items() if key not in ("arrays", "dataset", "interrupted")}
+
+
+# ----------------------------------------------------------------------------- evaluation and prediction
+
+
+def evaluate_run(checkpoint_dir=None, csv=None, weights=None, device="cpu") -> dict:
+    """Score a stored forecaster: on the test split of its own files, or on every window of new files
+    (``csv``, same columns, in the order of the training files) with the stored scalers."""
+    model, config, stored = checkpoint.load_forecast_run(checkpoint_dir, weights, resolve_device(device))
+    step = stored["data"]["step_seconds"]
+    if csv:
+        if len(csv) != len(stored["data"]["files"]):
+            raise TextrnnError(
+                f"the run was trained on {len(stored['data']['files'])} file(s); give as many --csv files, in the same order"
+            )
+        series, _ = load_series(config, csv, step_seconds=step)
+        scalers = stored_scalers(stored)
+    else:
+        series, files = load_series(config, step_seconds=step)
+        for now, before in zip(files, stored["data"]["files"]):
+            if now["sha256"] != before["sha256"]:
+                raise TextrnnError(
+                    f"{now['path']} changed since training (sha256 differs): its test split is not the one the run "
+                    "was scored on; give it with --csv to score every window of it with the stored scalers"
+                )
+        scalers = None
+    dataset = build_dataset(
+        series,
+        config.lookback,
+        config.horizon,
+        config.calendar,
+        config.val_fraction,
+        config.test_fraction,
+        stored["data"]["season"],
+        scalers=scalers,
+    )
+    if scalers is None and [s.minimum for s in dataset.scalers] != [s.minimum for s in stored_scalers(stored)]:
+        raise TextrnnError("the rebuilt scalers differ from the stored ones: the data or the code changed")
+    started = time.perf_counter()
+    results = score(model, dataset, "test")
+    results["elapsed_sec"] = time.perf_counter() - started
+    results["checkpoint"] = stored["run_dir"]
+    results["weights"] = stored["weights"]
+    results["dataset"] = dataset
+    return results
+
+
+def forecast_series(model: Forecaster, config: ForecastConfig, item: Series, scaler: Scaler, steps: int):
+    """Forecast ``steps`` points past the end of ``item`` (recursively, ``horizon`` at a time) -> (times, values)."""
+    if steps < 1:
+        raise TextrnnError(f"--steps must be at least 1, got {steps}")
+    start, end = item.segments[-1]
+    if end - start < config.lookback:
+        raise TextrnnError(
+            f"series {item.name!r} ends with {end - start} contiguous points, fewer than the --lookback of "
+            f"{config.lookback} the model reads: there is nothing to forecast from"
+        )
+    step = np.timedelta64(item.step_seconds, "s")
+    history_times = item.times[end - config.lookback : end]
+    future_times = history_times[-1] + step * np.arange(1, steps + 1)
+    calendar = calendar_features(np.concatenate([history_times, future_times]), config.calendar)
+    scaled = list(scaler.transform(item.values[end - config.lookback : end]).astype(np.float32))
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        while len(scaled) < config.lookback + steps:
+            position = len(scaled)
+            window = np.concatenate(
+                [
+                    np.array(scaled[-config.lookback :], np.float32)[:, None],
+                    calendar[position - config.lookback : position],
+                ],
+                axis=1,
+            )
+            forecast = model(torch.from_numpy(window)[None].to(device))[0].float().cpu().numpy()
+            scaled.extend(forecast[: config.lookback + steps - position].tolist())
+    values = scaler.inverse(np.array(scaled[config.lookback :], dtype=np.float64))
+    return future_times, values
+
+
+def predict_run(checkpoint_dir=None, csv=None, steps: int = 24, weights=None, device="cpu") -> dict:
+    """Forecasts past the end of every series of ``csv`` (default: the training files) with a stored model."""
+    model, config, stored = checkpoint.load_forecast_run(checkpoint_dir, weights, resolve_device(device))
+    if csv and len(csv) != len(stored["data"]["files"]):
+        raise TextrnnError(
+            f"the run was trained on {len(stored['data']['files'])} file(s); give as many --csv files, in the same order"
+        )
+    series, files = load_series(config, csv or None, step_seconds=stored["data"]["step_seconds"])
+    forecasts = []
+    for item, scaler in zip(series, stored_scalers(stored)):
+        times, values = forecast_series(model, config, item, scaler, steps)
+        forecasts.append({"series": item.name, "times": times, "values": values, "history": item})
+    return {
+        "forecasts": forecasts,
+        "time_col": config.time_col,
+        "time_format": files[0]["time_format"],
+        "checkpoint": stored["run_dir"],
+    }
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def require_matplotlib():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise TextrnnError("--plot needs matplotlib: pip install 'textrnn[plot]' (or pip install matplotlib)") from None
+    return pyplot
+
+
+def plot_panels(path: str | Path, panels: list[dict], title: str) -> None:
+    """One panel per series: each dict has ``name`` and lines ``[(label, times, values), ...]``."""
+    pyplot = require_matplotlib()
+    figure, axes = pyplot.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False)
+    for axis, panel in zip(axes[:, 0], panels):
+        for label, times, values in panel["lines"]:
+            axis.plot(times.astype("datetime64[s]").astype(object), values, label=label, linewidth=1)
+        axis.set_title(panel["name"])
+        axis.legend(loc="upper left")
+    figure.suptitle(title)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    try:
+        figure.savefig(path, dpi=110)
+    except OSError as error:
+        raise TextrnnError(f"could not write the plot {path} ({error.strerror or error})") from None
+    finally:
+        pyplot.close(figure)
+
+
+def test_panels(dataset: Dataset, arrays: dict, points: int = 336) -> list[dict]:
+    """Actual vs predicted (first step ahead) over the last ``points`` test targets of each series (at most 6)."""
+    panels = []
+    for number, name in enumerate(dataset.names[:6]):
+        rows = np.flatnonzero(arrays["ids"] == number)[-points:]
+        times = dataset.times[arrays["targets"][rows, 0]]
+        lines = [("actual", times, arrays["actual"][rows, 0]), ("forecast", times, arrays["predicted"][rows, 0])]
+        panels.append({"name": name, "lines": lines})
+    return panels
+
+
+def forecast_panels(forecasts: list[dict], history_points: int) -> list[dict]:
+    """The end of each series and its forecast (at most 6 series)."""
+    panels = []
+    for forecast in forecasts[:6]:
+        history = forecast["history"]
+        lines = [
+            ("observed", history.times[-history_points:], history.values[-history_points:]),
+            ("forecast", forecast["times"], forecast["values"]),
+        ]
+        panels.append({"name": forecast["series"], "lines": lines})
+    return panels

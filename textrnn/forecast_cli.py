@@ -1,0 +1,515 @@
+"""``textrnn forecast train|eval|predict|compare``: thin click commands over ``textrnn.forecast``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+import numpy as np
+
+from textrnn.checkpoint import json_safe_tree
+from textrnn.cli_common import command, given, load_config, number, set_threads
+from textrnn.config import (
+    BACKENDS,
+    CELLS,
+    DEVICES,
+    FORECAST_DEFAULT_EPOCHS,
+    FORECAST_DEFAULT_SECONDS,
+    FORECAST_LOSSES,
+    LIMITS,
+    OPTIMIZERS,
+    SCHEDULES,
+    ForecastConfig,
+)
+from textrnn.errors import TextrnnError
+from textrnn.timeseries import CALENDARS, describe, format_times
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ForecastConfig)}
+_JSON_KEYS = ("test", "overall", "baselines", "baselines_overall", "elapsed_sec", "checkpoint")
+
+
+def _option(*names, default_text: str | None = None, **kwargs):
+    """An option that stays None (or empty) unless given, so ForecastConfig's defaults decide; help shows them."""
+    name = names[0].split("/")[0].lstrip("-").replace("-", "_")
+    if default_text is None:
+        value = _DEFAULTS.get(name)
+        default_text = None if value in (None, ()) else str(value).lower() if isinstance(value, bool) else str(value)
+    help_text = kwargs.pop("help", "")
+    if default_text is not None:
+        help_text = f"{help_text}  [default: {default_text}]".strip()
+    return click.option(*names, help=help_text, **kwargs)
+
+
+_DATA_OPTIONS = [
+    click.option(
+        "--config",
+        callback=load_config,
+        is_eager=True,
+        expose_value=False,
+        help="TOML file whose keys set any option (csv and target as lists); flags override it.",
+    ),
+    _option("--csv", multiple=True, help="CSV file with a header row; repeat for several files (trained jointly)."),
+    _option("--time-col", help="Column holding the timestamps."),
+    _option("--target", multiple=True, help="Column to forecast; repeat (or comma-separate) for several series."),
+    _option(
+        "--time-format",
+        help="strptime format of the timestamps, e.g. '%d/%m/%Y %H:%M'.",
+        default_text="detected: ISO 8601, 10/1/2004 1:00, ...",
+    ),
+    _option("--max-gap", type=int, help="Missing steps filled by time interpolation; longer gaps split the series."),
+]
+
+_TRAINING_OPTIONS = [
+    *_DATA_OPTIONS,
+    _option(
+        "--calendar",
+        type=click.Choice(CALENDARS),
+        help="Calendar features (hour, weekday, month, day of year): scaled to [0, 1], sine/cosine pairs, or none.",
+    ),
+    _option("--lookback", type=int, help="Observed steps the model reads."),
+    _option("--horizon", type=int, help="Steps forecast at once."),
+    _option(
+        "--season", type=int, help="Seasonal-naive period in steps.", default_text="a day (hourly), a week (daily)"
+    ),
+    _option("--val-fraction", type=float, help="Fraction before the test part, for validation and early stopping."),
+    _option("--test-fraction", type=float, help="Fraction at the end of each series, for the test scores."),
+    _option("--hidden-size", type=int, help="Hidden units per layer and direction."),
+    _option("--num-layers", type=int, help="Stacked recurrent layers."),
+    _option("--dropout", type=float, help="Dropout between layers and before the head."),
+    _option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        help="fused: torch.nn; scratch: textrnn's cells.",
+        default_text="fused",
+    ),
+    _option("--bidirectional/--unidirectional", default=None, help="Read the observed window in both directions."),
+    _option("--transition-depth", type=int, help="Layers inside the recurrent transition (scratch backend)."),
+    _option(
+        "--residual/--direct",
+        default=None,
+        help="The head predicts the change from the last observed value, or the value itself.",
+    ),
+    _option("--batch-size", type=int, help="Windows per batch."),
+    _option("--optimizer", type=click.Choice(OPTIMIZERS)),
+    _option("--lr", type=float, help="Peak learning rate."),
+    _option("--weight-decay", type=float, help="Weight decay on weight matrices."),
+    _option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warm-up."),
+    _option("--warmup-steps", type=int, help="Linear warm-up steps."),
+    _option("--clip", type=float, help="Gradient-norm clipping threshold; 0 turns it off."),
+    _option("--max-bad-steps", type=int, help="Skip non-finite steps; stop after this many in a row (CPU; 0: off)."),
+    _option("--loss", type=click.Choice(FORECAST_LOSSES), help="Training loss on the scaled values."),
+    _option(
+        "--epochs",
+        type=int,
+        help="Stop after this many epochs. Any limit given replaces the default budget.",
+        default_text=f"{FORECAST_DEFAULT_EPOCHS} epochs or {FORECAST_DEFAULT_SECONDS:.0f} s, whichever comes first",
+    ),
+    _option("--max-steps", type=int, help="Stop after this many steps."),
+    _option("--max-seconds", type=float, help="Stop after this much wall time."),
+    _option("--patience", type=int, help="Stop after this many validations without a better sMAPE (0: never)."),
+    _option("--eval-every", type=int, help="Steps between validations and checkpoints."),
+    _option("--seed", type=int, help="Random seed."),
+    _option("--device", type=click.Choice(DEVICES)),
+    _option("--threads", type=int, help="CPU threads for torch.", default_text="torch's choice"),
+]
+
+
+def _training_options(function):
+    for option in reversed(_TRAINING_OPTIONS):
+        function = option(function)
+    return function
+
+
+def _split_list(values) -> tuple[str, ...]:
+    """Repeated and comma-separated values alike: ('a,b', 'c') -> ('a', 'b', 'c')."""
+    if isinstance(values, str):
+        values = (values,)
+    return tuple(part.strip() for value in values or () for part in str(value).split(",") if part.strip())
+
+
+def _config(options: dict, cell: str | None = None) -> ForecastConfig:
+    options = dict(options)
+    options["csv"] = tuple(str(path) for path in (options.get("csv") or ()))
+    options["target"] = _split_list(options.get("target"))
+    if cell is not None:
+        options["cell"] = cell
+    values = given(options, ForecastConfig)
+    for key in ("csv", "target"):
+        if not values.get(key):
+            values.pop(key, None)
+    config = ForecastConfig(**values)
+    if not config.csv:
+        raise TextrnnError("no data: give --csv FILE (several allowed), e.g. --csv AEP_hourly.csv --target AEP_MW")
+    if not config.target:
+        raise TextrnnError("no target: give --target COLUMN (several allowed), e.g. --target AEP_MW")
+    return config
+
+
+def _run_with_progress(config: ForecastConfig, out: Path, resume: bool = False) -> dict:
+    from textrnn.forecast import train_forecaster
+
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        click.echo("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", err=True)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    printer = _Printer()
+    try:
+        return train_forecaster(config, out, resume=resume, callback=printer, should_stop=lambda: bool(stop_requested))
+    finally:
+        printer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Printer:
+    """Trainer events -> the cleaning report, a tqdm bar and one line per validation, all on stderr."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event: str, info: dict) -> None:
+        from tqdm import tqdm
+
+        if event == "start":
+            for name, report in info["series"]:
+                tqdm.write(f"{name}: {describe(report)}", file=sys.stderr)
+            windows = info["windows"]
+            resumed = f", resumed at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
+            tqdm.write(
+                f"training {info['parameters']:,} parameters on {windows['train']:,} train / {windows['val']:,} val / "
+                f"{windows['test']:,} test windows on {info['device']}{resumed}\nrun directory: {info['run_dir']}",
+                file=sys.stderr,
+            )
+            self.bar = tqdm(
+                total=1000,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+                disable=None,
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+            )
+        elif event == "step" and self.bar is not None:
+            target = min(1000, int(info["progress"] * 1000))
+            if target > self.bar.n:
+                self.bar.update(target - self.bar.n)
+        elif event == "log" and self.bar is not None:
+            self.bar.set_postfix_str(
+                f"step {info['step']:,} loss {info['train_loss']:.2e} {info['windows_per_sec']:,.0f} windows/s",
+                refresh=False,
+            )
+        elif event == "eval":
+            mark = " *" if info["improved"] else ""
+            stop = "  (no gain for --patience validations: stopping)" if info["stopped_early"] else ""
+            tqdm.write(
+                f"step {info['step']:>6,}  epoch {info['epoch']:>3}  val sMAPE {number(info['val_smape'])}%  "
+                f"val MAE {number(info['val_mae'], 1)}  {info['windows_per_sec']:,.0f} windows/s  "
+                f"{info['elapsed_sec']:.0f} s{mark}{stop}",
+                file=sys.stderr,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{number(value)}%"
+
+
+def _score_table(results: dict) -> str:
+    """Per series: the model, then the baselines on the same forecasts; then all series together."""
+    methods = [("model", results["test"], results["overall"])] + [
+        (name.replace("_", " "), per_series, results["baselines_overall"][name])
+        for name, per_series in results["baselines"].items()
+    ]
+    lines = [("series", "forecast", "sMAPE", "MAPE", "MAE", "RMSE", "points")]
+    names = list(results["test"])
+    groups = [(name, [(label, per_series[name]) for label, per_series, _ in methods]) for name in names]
+    if len(names) > 1:
+        groups.append(("all series", [(label, overall) for label, _, overall in methods]))
+    for name, rows in groups:
+        for position, (label, scores) in enumerate(rows):
+            lines.append(
+                (
+                    name if position == 0 else "",
+                    label,
+                    _percent(scores["smape"]),
+                    _percent(scores["mape"]),
+                    number(scores["mae"], 1),
+                    number(scores["rmse"], 1),
+                    f"{scores['points']:,}",
+                )
+            )
+    return _columns(lines)
+
+
+def _columns(lines: list[tuple]) -> str:
+    widths = [max(len(str(item)) for item in column) for column in zip(*lines)]
+    return "\n".join("  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def _json(results: dict, extra: tuple[str, ...] = ()) -> str:
+    keys = (*_JSON_KEYS, *extra)
+    return json.dumps(json_safe_tree({key: results[key] for key in keys if key in results}), allow_nan=False)
+
+
+@click.group()
+def forecast() -> None:
+    """Forecast time series from CSV files with the same recurrent cells: train, eval, predict, compare."""
+
+
+@forecast.command("train")
+@_training_options
+@_option("--cell", type=click.Choice(CELLS), help="Recurrent cell.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run directory.  [default: checkpoints/forecast-<cell>-<date-time>]",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out (default: the newest forecasting run).")
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of test forecasts vs actual."
+)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
+@command
+def train_command(out, resume, plot, threads, json_output, **options):
+    """Train a forecaster on CSV series, then score it on the test part next to the baselines."""
+    from textrnn.checkpoint import newest_run, read_config
+    from textrnn.config import from_dict
+
+    if plot is not None:
+        from textrnn.forecast import require_matplotlib
+
+        require_matplotlib()
+    set_threads(threads)
+    if resume:
+        out = out or newest_run(task="forecast")
+        ignored = sorted(
+            name
+            for name, value in options.items()
+            if value not in (None, ()) and name not in (*LIMITS, "eval_every", "device")
+        )
+        if ignored:
+            click.echo(
+                "warning: --resume continues the stored run; ignoring "
+                + ", ".join("--" + n.replace("_", "-") for n in ignored),
+                err=True,
+            )
+        stored = from_dict(ForecastConfig, read_config(Path(out), task="forecast")["forecast"])
+        limits = {name: options.get(name) for name in LIMITS}
+        if any(value is not None for value in limits.values()):
+            stored = dataclasses.replace(stored, **limits)
+        config = dataclasses.replace(
+            stored, **given({k: options.get(k) for k in ("eval_every", "device")}, ForecastConfig)
+        )
+    else:
+        config = _config(options)
+    out = out or Path("checkpoints") / f"forecast-{config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
+    summary = _run_with_progress(config, out, resume=resume)
+    if summary["skipped_steps"]:
+        click.echo(
+            f"warning: {summary['skipped_steps']} steps were skipped for a non-finite loss or gradient", err=True
+        )
+    if plot is not None:
+        from textrnn.forecast import plot_panels, test_panels
+
+        plot_panels(plot, test_panels(summary["dataset"], summary["arrays"]), f"test forecasts, {out}")
+    if json_output:
+        click.echo(
+            _json(
+                summary, ("best_val_smape", "steps", "train_seconds", "windows_per_sec", "parameters", "stopped_early")
+            )
+        )
+    else:
+        why = "stopped early" if summary["stopped_early"] else "stopped at its limit"
+        click.echo(
+            f"{summary['steps']:,} steps ({summary['epochs']:.1f} epochs) in {summary['train_seconds']:.0f} s of training, "
+            f"{why}; best validation sMAPE {number(summary['best_val_smape'])}% at step {summary['best_step']:,}\n"
+            f"test part, {config.horizon} step{'s' if config.horizon > 1 else ''} ahead, best weights:\n"
+            f"{_score_table(summary)}\nsaved in {summary['checkpoint']}" + (f"; plot in {plot}" if plot else "")
+        )
+    if summary["interrupted"]:
+        click.echo(f"interrupted: continue with  textrnn forecast train --out {out} --resume", err=True)
+        sys.exit(130)
+
+
+@forecast.command("eval")
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest forecasting run]"
+)
+@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@click.option(
+    "--csv",
+    "csv_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Score every window of this file (same columns) with the stored scalers.  [default: the run's test part]",
+)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of forecasts vs actual.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
+    """Score a trained forecaster next to the persistence and seasonal-naive baselines."""
+    from textrnn.forecast import evaluate_run, plot_panels, require_matplotlib, test_panels
+
+    if plot is not None:
+        require_matplotlib()
+    results = evaluate_run(checkpoint, csv_files, weights, device)
+    if plot is not None:
+        plot_panels(plot, test_panels(results["dataset"], results["arrays"]), f"forecasts, {results['checkpoint']}")
+    if json_output:
+        click.echo(_json(results))
+    else:
+        source = (
+            ", ".join(map(str, csv_files)) + " (every window)" if csv_files else "the test part of the training files"
+        )
+        click.echo(f"{source}, {results['checkpoint']} ({results['weights']} weights):\n{_score_table(results)}")
+
+
+@forecast.command("predict")
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest forecasting run]"
+)
+@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@click.option(
+    "--csv",
+    "csv_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Forecast past the end of this file.  [default: the run's files]",
+)
+@click.option(
+    "--steps", type=int, default=24, show_default=True, help="Steps to forecast (recursively past --horizon)."
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="CSV file to write.  [default: stdout]")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a PNG of the end of each series and its forecast.",
+)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@command
+def predict_command(checkpoint, weights, csv_files, steps, out, plot, device):
+    """Forecast --steps past the end of each series, written as CSV: the time column, then one column per series."""
+    from textrnn.forecast import forecast_panels, plot_panels, predict_run, require_matplotlib
+
+    if plot is not None:
+        require_matplotlib()
+    if steps < 1 or steps > 1_000_000:
+        raise TextrnnError(f"--steps must be in [1, 1000000], got {steps}")
+    result = predict_run(checkpoint, csv_files, steps, weights, device)
+    rows: dict = {}
+    for column, item in enumerate(result["forecasts"]):
+        for time, value in zip(item["times"].tolist(), item["values"].tolist()):
+            rows.setdefault(time, {})[column] = value
+    times = sorted(rows)
+    texts = format_times(np.array(times, dtype="datetime64[s]"), result["time_format"])
+    header = [result["time_col"], *(item["series"] for item in result["forecasts"])]
+    table = [header] + [
+        [text, *(f"{rows[time][c]:.6g}" if c in rows[time] else "" for c in range(len(header) - 1))]
+        for time, text in zip(times, texts)
+    ]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(table)
+    if out is None:
+        click.echo(text.getvalue(), nl=False)
+    else:
+        from textrnn.atomic import atomic_write
+
+        try:
+            atomic_write(out, text.getvalue().encode())
+        except OSError as error:
+            raise TextrnnError(f"could not write {out} ({error.strerror or error})") from None
+        click.echo(f"{steps} steps of {len(header) - 1} series written to {out}", err=True)
+    if plot is not None:
+        plot_panels(plot, forecast_panels(result["forecasts"], history_points=max(5 * steps, 168)), "forecast")
+
+
+@forecast.command("compare")
+@_training_options
+@click.option(
+    "--cells", default="gru,lstm", show_default=True, help="Comma-separated cells, trained one after another."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the runs.  [default: checkpoints/forecast-compare-<date-time>]",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def compare_command(cells, out, threads, json_output, **options):
+    """Train several cells on the same data, budget and settings (the GRU-vs-LSTM study) and tabulate them."""
+    names = [name.strip() for name in cells.split(",") if name.strip()]
+    if not names or any(name not in CELLS for name in names) or len(set(names)) < len(names):
+        raise TextrnnError(
+            f"--cells takes a comma-separated list of distinct cells from {', '.join(CELLS)}; got {cells!r}"
+        )
+    configs = [_config(options, name) for name in names]
+    set_threads(threads)
+    out = out or Path("checkpoints") / f"forecast-compare-{datetime.now():%Y%m%d-%H%M%S}"
+    runs, baselines = [], None
+    for name, config in zip(names, configs):
+        click.echo(f"== {name}", err=True)
+        summary = _run_with_progress(config, out / name)
+        baselines = summary["baselines_overall"]
+        runs.append(
+            {
+                "cell": name,
+                "parameters": summary["parameters"],
+                "train_seconds": summary["train_seconds"],
+                "windows_per_sec": summary["windows_per_sec"],
+                "steps": summary["steps"],
+                "test": summary["overall"],
+                "checkpoint": summary["checkpoint"],
+            }
+        )
+        if summary["interrupted"]:
+            click.echo(f"interrupted during {name}; the finished runs are in {out}", err=True)
+            break
+    if json_output:
+        click.echo(json.dumps(json_safe_tree({"runs": runs, "baselines": baselines}), allow_nan=False))
+    else:
+        lines = [("forecast", "parameters", "train s", "windows/s", "test sMAPE", "MAPE", "MAE", "run")]
+        for run in runs:
+            test = run["test"]
+            lines.append(
+                (
+                    run["cell"],
+                    f"{run['parameters']:,}",
+                    f"{run['train_seconds']:.0f}",
+                    f"{run['windows_per_sec']:,.0f}",
+                    _percent(test["smape"]),
+                    _percent(test["mape"]),
+                    number(test["mae"], 1),
+                    run["checkpoint"],
+                )
+            )
+        for name, scores in (baselines or {}).items():
+            lines.append(
+                (
+                    name.replace("_", " "),
+                    "",
+                    "",
+                    "",
+                    _percent(scores["smape"]),
+                    _percent(scores["mape"]),
+                    number(scores["mae"], 1),
+                    "",
+                )
+            )
+        click.echo(_columns(lines))
+    if len(runs) < len(names):
+        sys.exit(130)
