@@ -181,3 +181,44 @@ def test_any_prefix_gets_samples_or_a_clear_error(model, prefix):
         assert "prefix" in str(error)
         return
     assert len(samples) == 2 and all(sample.startswith(prefix) and len(sample) == len(prefix) + 5 for sample in samples)
+
+
+_CELLS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(10**6), 10**6).map(str),
+    st.sampled_from(["", "NA", "nan", "null", "abc", "1e400", "-0", " 7 "]),
+)
+
+
+@FAST
+@given(
+    contiguous=st.integers(0, 40),
+    slots=st.lists(st.integers(0, 40), max_size=30),
+    cells=st.lists(_CELLS, max_size=70),
+    constant=st.booleans(),
+    odd_time=st.sampled_from([None, None, None, "", "soon", "2021-01-01 00:30"]),
+)
+def test_any_forecasting_csv_trains_or_fails_clearly(contiguous, slots, cells, constant, odd_time, tmp_path_factory):
+    """Unsorted, duplicated, missing, non-numeric, constant or off-grid: a result or one clear error line."""
+    lines = ["time,load"]
+    slots = [*range(contiguous), *slots][::-1]  # a run of hours (backwards), then any hours again
+    for number, slot in enumerate(slots):
+        value = "5" if constant else (cells[number] if number < len(cells) else "1")
+        hour = f"2021-01-{1 + slot // 24:02d} {slot % 24:02d}:00"
+        lines.append(f"{hour},{value}")
+    if odd_time is not None:
+        lines.append(f"{odd_time},3")
+    path = tmp_path_factory.mktemp("csv") / "series.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(
+        cli,
+        ["forecast", "train", "--csv", str(path), "--time-col", "time", "--target", "load", "--lookback", "2",
+         "--hidden-size", "4", "--batch-size", "4", "--max-steps", "2", "--eval-every", "1", "--season", "1",
+         "--val-fraction", "0.2", "--test-fraction", "0.2", "--device", "cpu", "--out",
+         str(path.parent / "run"), "--json"],
+    )  # fmt: skip
+    check_clean_failure(result)
+    if result.exit_code == 0:
+        summary = json.loads(result.stdout)
+        scores = summary["test"]["load"]
+        assert scores["points"] >= 1 and (scores["smape"] is None or 0 <= scores["smape"] <= 200)

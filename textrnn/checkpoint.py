@@ -18,6 +18,7 @@ never arbitrary objects. Tensors are mapped to the CPU when read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -116,8 +117,6 @@ def read_tensors(path: Path) -> dict:
 
 
 def run_config(model_config: ModelConfig, train_config: TrainConfig, normalize: str, data: dict) -> dict:
-    import dataclasses
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -254,22 +253,25 @@ def load_run(checkpoint: str | Path | None = None, weights: str | None = None, d
             f"{run_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model was built for "
             f"{model_config.vocab_size}: the tokenizer does not belong to these weights"
         )
+    model, config["weights"] = _load_weights(run_dir, weights, CharLM(model_config), device)
+    config["run_dir"] = str(run_dir)
+    return model, tokenizer, config
+
+
+def _load_weights(run_dir: Path, weights: str | None, model: torch.nn.Module, device):
+    """Fill ``model`` with the run's ``weights`` (best, else last, when None) -> (model in eval mode, weights)."""
     if weights is None:
         weights = "best" if (run_dir / "best.pt").is_file() else "last"
     if weights not in WEIGHTS:
         raise TextrnnError(f"unknown weights {weights!r}: choose best or last")
     payload = read_tensors(run_dir / f"{weights}.pt")
-    model = CharLM(model_config)
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError) as error:
         raise TextrnnError(
             f"{run_dir / (weights + '.pt')} does not match its config.json ({str(error).splitlines()[0]})"
         ) from None
-    model.to(device).eval()
-    config["run_dir"] = str(run_dir)
-    config["weights"] = weights
-    return model, tokenizer, config
+    return model.to(device).eval(), weights
 
 
 def train_config_of(config: dict) -> TrainConfig:
@@ -277,8 +279,6 @@ def train_config_of(config: dict) -> TrainConfig:
 
 
 def forecast_run_config(forecast_config, data: dict) -> dict:
-    import dataclasses
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -289,7 +289,10 @@ def forecast_run_config(forecast_config, data: dict) -> dict:
 
 
 def load_forecast_run(checkpoint: str | Path | None = None, weights: str | None = None, device="cpu"):
-    """Load ``(model, forecast_config, config)`` of a forecasting run; ``config["data"]`` holds the series, scalers and cleaning."""
+    """Load ``(model, forecast_config, config)`` of a forecasting run.
+
+    ``config["data"]`` holds the files, the series with their scalers and cleaning reports.
+    """
     from textrnn.config import ForecastConfig
     from textrnn.models import Forecaster
 
@@ -301,19 +304,6 @@ def load_forecast_run(checkpoint: str | Path | None = None, weights: str | None 
         input_size = int(config["data"]["input_size"])
     except (KeyError, TypeError, ValueError) as error:
         raise TextrnnError(f"{run_dir / 'config.json'} has no valid forecast config ({error})") from None
-    if weights is None:
-        weights = "best" if (run_dir / "best.pt").is_file() else "last"
-    if weights not in WEIGHTS:
-        raise TextrnnError(f"unknown weights {weights!r}: choose best or last")
-    payload = read_tensors(run_dir / f"{weights}.pt")
-    model = Forecaster(forecast_config, input_size)
-    try:
-        model.load_state_dict(payload["model"])
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise TextrnnError(
-            f"{run_dir / (weights + '.pt')} does not match its config.json ({str(error).splitlines()[0]})"
-        ) from None
-    model.to(device).eval()
+    model, config["weights"] = _load_weights(run_dir, weights, Forecaster(forecast_config, input_size), device)
     config["run_dir"] = str(run_dir)
-    config["weights"] = weights
     return model, forecast_config, config

@@ -7,9 +7,9 @@ and exit status 1 (``--debug`` shows the traceback instead).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-import signal
 import sys
 import time
 from datetime import datetime
@@ -18,7 +18,16 @@ from pathlib import Path
 import click
 
 from textrnn.checkpoint import json_safe
-from textrnn.cli_common import command, given, load_config, number, set_threads
+from textrnn.cli_common import (
+    command,
+    dataclass_defaults,
+    defaulted_option,
+    given,
+    load_config,
+    number,
+    set_threads,
+    stop_on_signals,
+)
 from textrnn.config import (
     BACKENDS,
     CELLS,
@@ -45,21 +54,7 @@ def cli() -> None:
     """Recurrent sequence models: character language models (train, sample, eval, fill, compare) and forecasting."""
 
 
-_MODEL_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
-_TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-
-
-def _option(*names, default_text: str | None = None, **kwargs):
-    """A click option whose value stays None unless given, so the dataclass defaults decide;
-    the help shows that default."""
-    name = names[0].split("/")[0].lstrip("-").replace("-", "_")
-    if default_text is None:
-        value = _MODEL_DEFAULTS.get(name, _TRAIN_DEFAULTS.get(name))
-        default_text = None if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    help_text = kwargs.pop("help", "")
-    if default_text is not None:
-        help_text = f"{help_text}  [default: {default_text}]".strip()
-    return click.option(*names, help=help_text, **kwargs)
+_option = functools.partial(defaulted_option, dataclass_defaults(ModelConfig, TrainConfig))
 
 
 _TRAINING_OPTIONS = [
@@ -160,30 +155,20 @@ def _train_with_progress(model_config, train_config, out, resume=False, data_dir
     """Run the trainer with a progress display; Ctrl-C / SIGTERM stop after the current step with a checkpoint."""
     from textrnn.train import train as run_training
 
-    stop_requested = []
-
-    def request_stop(signum, frame):
-        if stop_requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        stop_requested.append(signum)
-        click.echo("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", err=True)
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     printer = printer or _TrainPrinter()
     try:
-        return run_training(
-            model_config,
-            train_config,
-            out,
-            resume=resume,
-            data_dir=data_dir,
-            callback=printer,
-            should_stop=lambda: bool(stop_requested),
-        )
+        with stop_on_signals() as should_stop:
+            return run_training(
+                model_config,
+                train_config,
+                out,
+                resume=resume,
+                data_dir=data_dir,
+                callback=printer,
+                should_stop=should_stop,
+            )
     finally:
         printer.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @cli.command()

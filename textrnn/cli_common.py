@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
+import signal
 import sys
 import tomllib
 from importlib import resources
@@ -103,3 +105,44 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def defaulted_option(defaults: dict, *names, default_text: str | None = None, **kwargs):
+    """A click option whose value stays None unless given, so the config dataclass's default (from
+    ``defaults``) decides; the help shows that default."""
+    name = names[0].split("/")[0].lstrip("-").replace("-", "_")
+    if default_text is None:
+        value = defaults.get(name)
+        default_text = None if value in (None, ()) else str(value).lower() if isinstance(value, bool) else str(value)
+    help_text = kwargs.pop("help", "")
+    if default_text is not None:
+        help_text = f"{help_text}  [default: {default_text}]".strip()
+    return click.option(*names, help=help_text, **kwargs)
+
+
+def dataclass_defaults(*classes) -> dict:
+    """Field name -> default, the first class winning where names repeat."""
+    defaults = {}
+    for cls in reversed(classes):
+        defaults.update({field.name: field.default for field in dataclasses.fields(cls)})
+    return defaults
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While training: Ctrl-C / SIGTERM ask the trainer to stop after the current step (it then saves a
+    checkpoint); a second Ctrl-C aborts at once. Yields the ``should_stop`` function for the trainer."""
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        click.echo("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", err=True)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(stop_requested)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -78,6 +78,20 @@ def load_series(config: ForecastConfig, paths=None, step_seconds: int | None = N
     return series, files
 
 
+def dataset_of(config: ForecastConfig, series: list[Series], season: int, scalers=None) -> Dataset:
+    """The windows of ``config`` over ``series`` (see ``timeseries.build_dataset``)."""
+    return build_dataset(
+        series,
+        config.lookback,
+        config.horizon,
+        config.calendar,
+        config.val_fraction,
+        config.test_fraction,
+        season,
+        scalers=scalers,
+    )
+
+
 def season_of(config: ForecastConfig, series: list[Series]) -> int:
     return config.season or default_season(series[0].step_seconds)
 
@@ -201,15 +215,7 @@ def train_forecaster(
         for now, before in zip(files, stored["data"]["files"]):
             if now["sha256"] != before["sha256"]:
                 raise TextrnnError(f"{now['path']} changed since the run began (sha256 differs): it cannot be resumed")
-    dataset = build_dataset(
-        series,
-        config.lookback,
-        config.horizon,
-        config.calendar,
-        config.val_fraction,
-        config.test_fraction,
-        season_of(config, series),
-    )
+    dataset = dataset_of(config, series, season_of(config, series))
     data = describe_data(series, files, dataset, config)
     if not resume:
         checkpoint.start_run(out_dir, checkpoint.forecast_run_config(config, data))
@@ -276,10 +282,15 @@ def train_forecaster(
         counters["train_time"] = train_time_at_start + (started - segment_start) - eval_time
         val = score(model, dataset, "val", features)["overall"]
         last["val_smape"] = val["smape"]
-        if not math.isfinite(val["smape"]) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise TextrnnError(
-                f"training diverged at step {counters['step']} (validation forecasts are not finite): lower --lr; "
+                f"training diverged at step {counters['step']} (the weights are not finite): lower --lr; "
                 f"{_kept(out_dir)}"
+            )
+        if not math.isfinite(val["smape"]):
+            raise TextrnnError(
+                "the validation forecasts overflow when scaled back to the data's units (the values reach "
+                f"{np.abs(dataset.raw).max():g}): rescale the data; {_kept(out_dir)}"
             )
         improved = val["smape"] < counters["best_val"]
         if improved:
@@ -406,10 +417,7 @@ def evaluate_run(checkpoint_dir=None, csv=None, weights=None, device="cpu") -> d
     model, config, stored = checkpoint.load_forecast_run(checkpoint_dir, weights, resolve_device(device))
     step = stored["data"]["step_seconds"]
     if csv:
-        if len(csv) != len(stored["data"]["files"]):
-            raise TextrnnError(
-                f"the run was trained on {len(stored['data']['files'])} file(s); give as many --csv files, in the same order"
-            )
+        _check_file_count(stored, csv)
         series, _ = load_series(config, csv, step_seconds=step)
         scalers = stored_scalers(stored)
     else:
@@ -421,16 +429,7 @@ def evaluate_run(checkpoint_dir=None, csv=None, weights=None, device="cpu") -> d
                     "was scored on; give it with --csv to score every window of it with the stored scalers"
                 )
         scalers = None
-    dataset = build_dataset(
-        series,
-        config.lookback,
-        config.horizon,
-        config.calendar,
-        config.val_fraction,
-        config.test_fraction,
-        stored["data"]["season"],
-        scalers=scalers,
-    )
+    dataset = dataset_of(config, series, stored["data"]["season"], scalers)
     if scalers is None and [s.minimum for s in dataset.scalers] != [s.minimum for s in stored_scalers(stored)]:
         raise TextrnnError("the rebuilt scalers differ from the stored ones: the data or the code changed")
     started = time.perf_counter()
@@ -440,6 +439,15 @@ def evaluate_run(checkpoint_dir=None, csv=None, weights=None, device="cpu") -> d
     results["weights"] = stored["weights"]
     results["dataset"] = dataset
     return results
+
+
+def _check_file_count(stored: dict, csv) -> None:
+    trained_on = len(stored["data"]["files"])
+    if len(csv) != trained_on:
+        raise TextrnnError(
+            f"the run was trained on {trained_on} file(s); give as many --csv files, in the same order "
+            "(each with the same columns)"
+        )
 
 
 def forecast_series(model: Forecaster, config: ForecastConfig, item: Series, scaler: Scaler, steps: int):
@@ -478,10 +486,8 @@ def forecast_series(model: Forecaster, config: ForecastConfig, item: Series, sca
 def predict_run(checkpoint_dir=None, csv=None, steps: int = 24, weights=None, device="cpu") -> dict:
     """Forecasts past the end of every series of ``csv`` (default: the training files) with a stored model."""
     model, config, stored = checkpoint.load_forecast_run(checkpoint_dir, weights, resolve_device(device))
-    if csv and len(csv) != len(stored["data"]["files"]):
-        raise TextrnnError(
-            f"the run was trained on {len(stored['data']['files'])} file(s); give as many --csv files, in the same order"
-        )
+    if csv:
+        _check_file_count(stored, csv)
     series, files = load_series(config, csv or None, step_seconds=stored["data"]["step_seconds"])
     forecasts = []
     for item, scaler in zip(series, stored_scalers(stored)):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
-import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +15,16 @@ import click
 import numpy as np
 
 from textrnn.checkpoint import json_safe_tree
-from textrnn.cli_common import command, given, load_config, number, set_threads
+from textrnn.cli_common import (
+    command,
+    dataclass_defaults,
+    defaulted_option,
+    given,
+    load_config,
+    number,
+    set_threads,
+    stop_on_signals,
+)
 from textrnn.config import (
     BACKENDS,
     CELLS,
@@ -31,20 +40,8 @@ from textrnn.config import (
 from textrnn.errors import TextrnnError
 from textrnn.timeseries import CALENDARS, describe, format_times
 
-_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ForecastConfig)}
 _JSON_KEYS = ("test", "overall", "baselines", "baselines_overall", "elapsed_sec", "checkpoint")
-
-
-def _option(*names, default_text: str | None = None, **kwargs):
-    """An option that stays None (or empty) unless given, so ForecastConfig's defaults decide; help shows them."""
-    name = names[0].split("/")[0].lstrip("-").replace("-", "_")
-    if default_text is None:
-        value = _DEFAULTS.get(name)
-        default_text = None if value in (None, ()) else str(value).lower() if isinstance(value, bool) else str(value)
-    help_text = kwargs.pop("help", "")
-    if default_text is not None:
-        help_text = f"{help_text}  [default: {default_text}]".strip()
-    return click.option(*names, help=help_text, **kwargs)
+_option = functools.partial(defaulted_option, dataclass_defaults(ForecastConfig))
 
 
 _DATA_OPTIONS = [
@@ -155,22 +152,12 @@ def _config(options: dict, cell: str | None = None) -> ForecastConfig:
 def _run_with_progress(config: ForecastConfig, out: Path, resume: bool = False) -> dict:
     from textrnn.forecast import train_forecaster
 
-    stop_requested = []
-
-    def request_stop(signum, frame):
-        if stop_requested:
-            raise KeyboardInterrupt
-        stop_requested.append(signum)
-        click.echo("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", err=True)
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     printer = _Printer()
     try:
-        return train_forecaster(config, out, resume=resume, callback=printer, should_stop=lambda: bool(stop_requested))
+        with stop_on_signals() as should_stop:
+            return train_forecaster(config, out, resume=resume, callback=printer, should_stop=should_stop)
     finally:
         printer.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class _Printer:
@@ -345,11 +332,19 @@ def train_command(out, resume, plot, threads, json_output, **options):
         sys.exit(130)
 
 
+def _run_options(function):
+    """--checkpoint, --weights and --device of the commands that use a trained forecaster."""
+    function = click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)(function)
+    function = click.option(
+        "--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]"
+    )(function)
+    return click.option(
+        "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest forecasting run]"
+    )(function)
+
+
 @forecast.command("eval")
-@click.option(
-    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest forecasting run]"
-)
-@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@_run_options
 @click.option(
     "--csv",
     "csv_files",
@@ -358,7 +353,6 @@ def train_command(out, resume, plot, threads, json_output, **options):
     help="Score every window of this file (same columns) with the stored scalers.  [default: the run's test part]",
 )
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of forecasts vs actual.")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
 def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
@@ -380,10 +374,7 @@ def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
 
 
 @forecast.command("predict")
-@click.option(
-    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest forecasting run]"
-)
-@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@_run_options
 @click.option(
     "--csv",
     "csv_files",
@@ -400,7 +391,6 @@ def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a PNG of the end of each series and its forecast.",
 )
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @command
 def predict_command(checkpoint, weights, csv_files, steps, out, plot, device):
     """Forecast --steps past the end of each series, written as CSV: the time column, then one column per series."""

@@ -400,7 +400,10 @@ class Scaler:
     def fit(cls, values: np.ndarray) -> Scaler:
         if len(values) == 0:
             raise TextrnnError("cannot fit a scaler on an empty training part")
-        return cls(float(np.min(values)), float(np.max(values)))
+        minimum, maximum = float(np.min(values)), float(np.max(values))
+        if not math.isfinite(maximum - minimum):
+            raise TextrnnError(f"the values range from {minimum:g} to {maximum:g}: too wide to scale; check the data")
+        return cls(minimum, maximum)
 
     @property
     def span(self) -> float:
@@ -472,15 +475,22 @@ def build_dataset(
             train_end, test_start = split_points(length, val_fraction, test_fraction)
             if train_end < lookback + horizon:
                 raise TextrnnError(
-                    f"series {item.name!r} is too short: its training part has {train_end:,} points, fewer than "
-                    f"--lookback + --horizon = {lookback + horizon}; use a shorter --lookback or more data"
+                    f"series {item.name!r} is too short: of its {length:,} points, {max(train_end, 0):,} are left for "
+                    f"training, fewer than --lookback + --horizon = {lookback + horizon}; use a shorter --lookback "
+                    "or more data"
                 )
             scaler = Scaler.fit(item.values[:train_end])
             bounds = {"train": (0, train_end), "val": (train_end, test_start), "test": (test_start, length)}
         else:
             scaler = scalers[number]
             bounds = {"train": (0, 0), "val": (0, 0), "test": (0, length)}
-        scaled = scaler.transform(item.values).astype(np.float32)
+        with np.errstate(over="ignore"):
+            scaled = scaler.transform(item.values).astype(np.float32)
+        if not np.isfinite(scaled).all():
+            raise TextrnnError(
+                f"series {item.name!r} has values beyond 1e38 times the range of its training part "
+                f"({scaler.minimum:g} to {scaler.maximum:g}): they cannot be scaled; check the data"
+            )
         features.append(np.concatenate([scaled[:, None], calendar_features(item.times, calendar)], axis=1))
         values.append(scaled)
         raw.append(item.values)
@@ -502,6 +512,12 @@ def build_dataset(
     if scalers is None and not any(len(s) for s in starts["train"]):
         raise TextrnnError(
             f"no training window fits: every segment is shorter than --lookback + --horizon = {lookback + horizon}"
+        )
+    if scalers is None and not any(len(s) for s in starts["val"]):
+        raise TextrnnError(
+            "no validation window fits: the validation part lies in segments shorter than the history a forecast "
+            f"needs ({max(lookback, season) + horizon} points); use a larger --val-fraction, a shorter --lookback "
+            "or a larger --max-gap"
         )
     if not any(len(s) for s in starts["test"]):
         raise TextrnnError(
