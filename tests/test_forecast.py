@@ -170,3 +170,20 @@ def test_missing_options_and_impossible_sizes_are_refused(series_csv):
     assert result.exit_code == 1 and "--lookback must be in [1, 100000]" in result.stderr
     with pytest.raises(TextrnnError, match="--horizon"):
         ForecastConfig(horizon=0)
+
+
+def test_several_files_train_jointly_with_their_own_scalers(tmp_path):
+    from textrnn.forecast import load_series
+
+    first = sine_csv(tmp_path / "north.csv")
+    second = sine_csv(tmp_path / "south.csv", start="2021-03-01T00:00")
+    with open(second) as handle:  # the same shape, ten times the load
+        rows = [line.split(",") for line in handle.read().splitlines()]
+    second.write_text("\n".join([",".join(rows[0])] + [f"{t},{float(a) * 10},{b}" for t, a, b in rows[1:]]) + "\n")
+    config = ForecastConfig(csv=(str(first), str(second)), time_col="time", target=("load",), **TINY_FORECAST)
+    series, files = load_series(config)
+    assert [item.name for item in series] == ["north:load", "south:load"] and len(files) == 2
+    summary = train_forecaster(config, tmp_path / "run")
+    assert set(summary["test"]) == {"north:load", "south:load"}
+    scalers = summary["dataset"].scalers
+    assert scalers[1].maximum == pytest.approx(10 * scalers[0].maximum, rel=1e-3)

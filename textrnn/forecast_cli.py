@@ -320,7 +320,13 @@ def train_command(out, resume, plot, threads, json_output, **options):
             )
         )
     else:
-        why = "stopped early" if summary["stopped_early"] else "stopped at its limit"
+        why = (
+            "interrupted"
+            if summary["interrupted"]
+            else "stopped early"
+            if summary["stopped_early"]
+            else "stopped at its limit"
+        )
         click.echo(
             f"{summary['steps']:,} steps ({summary['epochs']:.1f} epochs) in {summary['train_seconds']:.0f} s of training, "
             f"{why}; best validation sMAPE {number(summary['best_val_smape'])}% at step {summary['best_step']:,}\n"
