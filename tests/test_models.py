@@ -101,3 +101,23 @@ def test_deep_output_adds_layers_between_state_and_head():
     assert len(model.output_layers) == 2
     logits, _ = model(torch.randint(0, 5, (2, 3)))
     assert logits.shape == (2, 3, 5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu", "peephole_lstm"])
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_one_step_generation_matches_the_whole_sequence(cell, one_hot):
+    """The per-step path of sampling (torch's fused cell kernels) gives the logits of a full forward pass."""
+    model = CharLM(ModelConfig(vocab_size=11, cell=cell, hidden_size=16, num_layers=2, one_hot=one_hot)).eval()
+    tokens = torch.randint(0, 11, (3, 7))
+    with torch.no_grad():
+        expected, expected_state = model(tokens)
+        state, steps = None, []
+        for position in range(tokens.shape[1]):
+            logits, state = model.step(tokens[:, position], state)
+            steps.append(logits)
+    assert torch.allclose(torch.stack(steps, dim=1), expected, atol=1e-5)
+    for got, want in zip(
+        state if isinstance(state, tuple) else (state,),
+        expected_state if isinstance(expected_state, tuple) else (expected_state,),
+    ):
+        assert torch.allclose(got, want, atol=1e-5)

@@ -1,5 +1,6 @@
 import re
 
+import numpy as np
 import pytest
 
 from textrnn.errors import TextrnnError
@@ -59,3 +60,13 @@ def test_long_text_is_encoded_in_pieces_without_loss():
     ids = tokenizer.encode(text)
     assert len(ids) == len(text)
     assert tokenizer.decode(ids[-10:]) == "abcdefghij"
+
+
+def test_compact_encoding_matches_and_takes_one_byte_per_character():
+    tokenizer = CharTokenizer.build("abc d", "none")
+    text = "abcd xyz " * 1000
+    compact = tokenizer.encode_compact(text, chunk=7)  # chunk boundaries anywhere
+    assert compact.dtype == np.uint8 and compact.tolist() == tokenizer.encode(text).tolist()
+    wide = CharTokenizer.build("".join(chr(0x4E00 + i) for i in range(300)), "none")
+    assert wide.storage_dtype == np.int16
+    assert wide.encode_compact(chr(0x4E00 + 299)).tolist() == [wide.encode(chr(0x4E00 + 299))[0]]

@@ -115,3 +115,15 @@ def test_the_default_budget_applies_only_when_no_limit_is_given():
     assert (longer.epochs, longer.max_steps, longer.max_seconds) == (None, None, 600)
     with pytest.raises(TextrnnError, match="no end"):
         TrainConfig(max_seconds=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_bf16_training_follows_fp32_closely(tiny_corpus, tmp_path, cell):
+    """The opt-in fast path: the same tiny run under bf16 autocast ends near the fp32 one."""
+    results = {}
+    for precision in ("fp32", "bf16"):
+        model_config, train_config = configs(
+            tiny_corpus, model={"cell": cell, "hidden_size": 32}, precision=precision, max_steps=30, eval_every=30
+        )
+        results[precision] = train(model_config, train_config, tmp_path / precision)["val_perplexity"]
+    assert math.isfinite(results["bf16"]) and abs(results["bf16"] / results["fp32"] - 1) < 0.05, results

@@ -18,7 +18,10 @@ from textrnn.errors import TextrnnError
 
 
 class Batches:
-    """Token batches ``(x, y)`` of shape ``(B, T)``, ``y`` being ``x`` shifted by one."""
+    """Token batches ``(x, y)`` of shape ``(B, T)``, ``y`` being ``x`` shifted by one.
+
+    ``tokens`` may be stored compactly (uint8, int16); batches come out as int64.
+    """
 
     def __init__(
         self, tokens: torch.Tensor, batch_size: int, num_steps: int, partition: str, seed: int, split: str = "train"
@@ -55,11 +58,11 @@ class Batches:
             inputs = self.tokens[offset : offset + span].view(B, -1)
             targets = self.tokens[offset + 1 : offset + 1 + span].view(B, -1)
             for k in range(start, self.per_epoch):
-                yield inputs[:, k * T : (k + 1) * T], targets[:, k * T : (k + 1) * T]
+                yield inputs[:, k * T : (k + 1) * T].long(), targets[:, k * T : (k + 1) * T].long()
         else:
             order = torch.randperm(self.per_epoch * B, generator=generator)
             starts = (offset + order * T).to(self.tokens.device)
             window = torch.arange(T, device=self.tokens.device)
             for k in range(start, self.per_epoch):
                 positions = starts[k * B : (k + 1) * B, None] + window
-                yield self.tokens[positions], self.tokens[positions + 1]
+                yield self.tokens[positions].long(), self.tokens[positions + 1].long()

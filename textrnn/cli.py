@@ -38,6 +38,7 @@ from textrnn.config import (
     NORMALIZATIONS,
     OPTIMIZERS,
     PARTITIONS,
+    PRECISIONS,
     SCHEDULES,
     TASKS,
     ModelConfig,
@@ -132,6 +133,11 @@ _TRAINING_OPTIONS = [
     _option("--eval-every", type=int, help="Steps between validations and checkpoints."),
     _option("--seed", type=int, help="Random seed."),
     _option("--device", type=click.Choice(DEVICES)),
+    _option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        help="bf16: autocast the training steps (fused LSTM/RNN kernels, matrix products); validation stays fp32.",
+    ),
     _option("--threads", type=int, help="CPU threads for torch.", default_text="torch's choice"),
 ]
 
@@ -466,6 +472,44 @@ def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
     filled = fill_blanks(model, text, config, tokenizer=tokenizer)
     click.echo(json.dumps({"text": filled}, ensure_ascii=False) if json_output else filled)
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="The d2l size and a few configurations only: under a minute.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=int, help="torch threads in every measurement.  [default: torch's choice]")
+@click.option(
+    "--corpus",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Text to train on.  [default: 1 MB of synthetic text]",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON here."
+)
+@command
+def bench(quick, device, threads, corpus, json_path):
+    """Training, evaluation and sampling speed and peak memory per cell, backend and size, each next to a
+    d2l-style loop measured in the same run; corpus loading at 1, 10 and 100 MB (also scripts/bench.py)."""
+    from textrnn.bench import run_suite
+
+    if device == "cuda":
+        from textrnn.train import resolve_device
+
+        resolve_device("cuda")  # a clear error without a GPU
+    if threads is not None and not 1 <= threads <= 1024:
+        raise TextrnnError(f"--threads must be in [1, 1024], got {threads}")
+
+    def report(job, result):
+        from textrnn.bench import describe
+
+        click.echo(describe(job, result), err=True)
+
+    record = run_suite(quick, device, threads, str(corpus) if corpus else None, report=report)
+    click.echo(record["table"])
+    if json_path is not None:
+        from textrnn.atomic import atomic_write
+
+        atomic_write(json_path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 cli.add_command(forecast)

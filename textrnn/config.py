@@ -23,6 +23,7 @@ SCHEDULES = ("cosine", "constant")
 PARTITIONS = ("sequential", "random")
 NORMALIZATIONS = ("d2l", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -144,6 +145,7 @@ class TrainConfig:
     eval_every: int = 200
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # bf16: autocast for the training steps (validation stays fp32)
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_steps is None and self.max_seconds is None:
@@ -158,6 +160,13 @@ class TrainConfig:
             f"unknown normalization {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}",
         )
         _require(self.num_steps >= 1, f"--num-steps must be at least 1, got {self.num_steps}")
+        _require(
+            self.precision in PRECISIONS, f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+        )
+        _require(
+            self.precision == "fp32" or self.device != "mps",
+            "--precision bf16 runs on CPUs and CUDA GPUs: use --device cpu or cuda, or --precision fp32",
+        )
 
 
 @dataclass(frozen=True)

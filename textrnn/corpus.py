@@ -126,7 +126,8 @@ def split(length: int, val_fraction: float, test_fraction: float) -> tuple[slice
 def load_splits(config, data_dir: Path | None = None, tokenizer: CharTokenizer | None = None):
     """Read, normalize and split the corpus of a ``TrainConfig``; build the tokenizer on the training split (unless given).
 
-    Returns ``(tokenizer, splits, data)``: ``splits`` maps train/val/test to int64 arrays and
+    Returns ``(tokenizer, splits, data)``: ``splits`` maps train/val/test to compact integer arrays
+    (``tokenizer.storage_dtype``: one byte per character for up to 256 tokens) and
     ``data`` describes the corpus for the run config.
     """
     path, default_normalize = resolve(config.corpus, data_dir)
@@ -138,7 +139,7 @@ def load_splits(config, data_dir: Path | None = None, tokenizer: CharTokenizer |
     parts = split(len(text), config.val_fraction, config.test_fraction)
     if tokenizer is None:
         tokenizer = CharTokenizer.build(text[parts[0]], normalize)
-    ids = tokenizer.encode(text)
+    ids = tokenizer.encode_compact(text)
     if len(ids) != len(text):
         raise TextrnnError(f"{path}: the tokenizer produced {len(ids)} tokens for {len(text)} characters")
     splits = dict(zip(("train", "val", "test"), (ids[part] for part in parts)))

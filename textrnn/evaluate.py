@@ -35,8 +35,9 @@ def cross_entropy_sum(model, tokens: torch.Tensor, window: int = 256) -> tuple[t
         total = torch.zeros((), device=tokens.device)
         state = None
         for start in range(0, targets.numel(), EVAL_CHUNK):
-            logits, state = model(inputs[:, start : start + EVAL_CHUNK], state)
-            total += F.cross_entropy(logits[0].float(), targets[start : start + EVAL_CHUNK], reduction="sum")
+            logits, state = model(inputs[:, start : start + EVAL_CHUNK].long(), state)
+            chunk_targets = targets[start : start + EVAL_CHUNK].long()
+            total += F.cross_entropy(logits[0].float(), chunk_targets, reduction="sum")
     finally:
         model.train(was_training)
     return total, targets.numel()
@@ -50,6 +51,7 @@ def _infill_sum(model, tokens: torch.Tensor, window: int) -> tuple[torch.Tensor,
     total = torch.zeros((), device=tokens.device)
     for piece in pieces:
         for rows in piece.split(EVAL_ROWS):
+            rows = rows.long()
             logits, _ = model(rows)
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), rows.reshape(-1), reduction="sum")
     return total, tokens.numel()
@@ -81,7 +83,7 @@ def evaluate_text(model, tokenizer, path, window: int = 256) -> dict:
     from textrnn.corpus import read_text
     from textrnn.errors import TextrnnError
 
-    ids = tokenizer.encode(read_text(path))
+    ids = tokenizer.encode_compact(read_text(path))
     if len(ids) < 2:
         raise TextrnnError(f"{path} has {len(ids)} tokens after normalization: evaluation needs at least two")
     device = next(model.parameters()).device

@@ -58,6 +58,17 @@ class CharLM(nn.Module):
             outputs = torch.tanh(layer(self.dropout(outputs)))
         return self.head(self.dropout(outputs)), state
 
+    def step(self, tokens: torch.Tensor, state=None):
+        """One causal step for generation: ``tokens`` (B,) -> logits (B, V) and the new state."""
+        if self.embedding is None:
+            features = F.one_hot(tokens, self.config.vocab_size).float()
+        else:
+            features = self.dropout(self.embedding(tokens))
+        outputs, state = self.encoder.step(features, state)
+        for layer in self.output_layers:
+            outputs = torch.tanh(layer(self.dropout(outputs)))
+        return self.head(self.dropout(outputs)), state
+
 
 def _neighbour_states(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
     """Forward and backward outputs (B, T, H) -> (B, T, 2H) where position t holds the forward state

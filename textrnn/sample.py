@@ -94,8 +94,7 @@ def generate(model, prefix: str, config: SampleConfig | None = None, tokenizer=N
         for position in range(config.length):
             chosen = _choose(logits, config, generator, tokenizer.unk_id)
             out[:, position] = chosen
-            logits, state = model(chosen.unsqueeze(1), state)
-            logits = logits[:, -1]
+            logits, state = model.step(chosen, state)
     finally:
         model.train(was_training)
     return [prefix + tokenizer.decode(row) for row in out.cpu().tolist()]

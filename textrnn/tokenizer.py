@@ -85,6 +85,24 @@ class CharTokenizer:
         where = np.minimum(np.searchsorted(self._codepoints, codes), len(self._codepoints) - 1)
         return np.where(self._codepoints[where] == codes, self._codepoint_ids[where], self.unk_id)
 
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """The smallest integer type that holds every id: uint8 up to 256 tokens, then int16, then int32."""
+        if self.vocab_size <= 256:
+            return np.dtype(np.uint8)
+        return np.dtype(np.int16) if self.vocab_size <= 32768 else np.dtype(np.int32)
+
+    def encode_compact(self, text: str, chunk: int = 1 << 20) -> np.ndarray:
+        """``encode`` for a whole corpus: ``chunk`` characters at a time into ``storage_dtype``, so the
+        temporaries stay a few MB and the result takes one or two bytes per character, not eight."""
+        out = np.empty(len(text), dtype=self.storage_dtype)
+        position = 0
+        for start in range(0, len(text), chunk):
+            ids = self.encode(text[start : start + chunk])
+            out[position : position + len(ids)] = ids
+            position += len(ids)
+        return out[:position]
+
     def encode_with_backend(self, text: str) -> np.ndarray:
         """The same ids through the HF tokenizers pipeline (slower; the reference for ``encode``)."""
         text = self.normalize(text)

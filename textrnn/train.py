@@ -173,6 +173,9 @@ def train(
     bad_in_a_row = 0
     first_step = counters["step"]
     check_steps = train_config.max_bad_steps > 0 and device.type == "cpu"
+    bf16 = train_config.precision == "bf16"
+    if bf16 and device.type not in ("cpu", "cuda"):
+        raise TextrnnError(f"--precision bf16 runs on CPUs and CUDA GPUs, not on {device.type}: use --precision fp32")
     hidden = None
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -277,10 +280,13 @@ def train(
                 lr = learning_rate(train_config, counters["step"], progress(counters["step"], elapsed()))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                logits, hidden = model(inputs, detach_state(hidden) if carry_state else None)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits, hidden = model(inputs, detach_state(hidden) if carry_state else None)
+                if bf16 and hidden is not None:  # carry the state in fp32 like the weights
+                    hidden = map_state(lambda tensor: tensor.float(), hidden)
                 if infill:  # each position predicts its own token from both sides
                     targets = inputs
-                loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+                loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # The norm also tells a non-finite step; an infinite threshold leaves the gradients as they are.

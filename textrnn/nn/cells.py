@@ -87,7 +87,7 @@ def gru_step(
     reset, update = torch.sigmoid(projected_reset_update + recurrent_reset_update).chunk(2, 1)
     new = torch.tanh(torch.addcmul(projected_new, reset, recurrent_new))
     # lerp(n, h, z) = n + z * (h - n) = (1 - z) * n + z * h, in one op instead of three.
-    return torch.lerp(new, hidden, update)
+    return torch.lerp(new.to(hidden.dtype), hidden, update.to(hidden.dtype))  # dtypes differ under autocast
 
 
 def lstm_step(

@@ -50,6 +50,14 @@ def check_backend(cell: str, backend: str, transition_depth: int = 1) -> None:
         )
 
 
+_STEP_CELLS = {
+    "gru": torch.gru_cell,
+    "lstm": torch.lstm_cell,
+    "rnn_tanh": torch.rnn_tanh_cell,
+    "rnn_relu": torch.rnn_relu_cell,
+}
+
+
 class _BackendChoice:
     """What RNN, GRU, LSTM and PeepholeLSTM add to torch's RNNBase: the scratch parameters and forward."""
 
@@ -88,6 +96,36 @@ class _BackendChoice:
         if self.backend == "fused":
             return super().forward(x, state)
         return self._scratch_forward(x, state)
+
+    def step(self, x, state=None):
+        """One time step for incremental generation: ``x`` (B, I) -> ``(out (B, H), state)``.
+
+        Plain unidirectional cells run torch's fused cell kernels (``gru_cell``, ``lstm_cell``,
+        ...) layer by layer: for a single step they cost a fraction of a whole-sequence call
+        (oneDNN's LSTM sets up a primitive per call). Other variants take ``forward`` over one step.
+        Dropout is not applied (generation runs in eval mode).
+        """
+        cell_function = _STEP_CELLS.get(self.cell)
+        if cell_function is None or self.bidirectional or self.proj_size or self.transition_depth > 1 or self.training:
+            out, state = self.forward(x.unsqueeze(1) if self.batch_first else x.unsqueeze(0), state)
+            return out.squeeze(1 if self.batch_first else 0), state
+        with_cell = self.cell == "lstm"
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, x.shape[0], self.hidden_size)
+            state = (zeros, zeros) if with_cell else zeros
+        hidden, cell = state if with_cell else (state, None)
+        new_hidden, new_cell = [], []
+        for layer in range(self.num_layers):
+            weights = [getattr(self, f"weight_ih_l{layer}"), getattr(self, f"weight_hh_l{layer}")]
+            biases = [getattr(self, f"bias_ih_l{layer}"), getattr(self, f"bias_hh_l{layer}")] if self.bias else []
+            if with_cell:
+                x, layer_cell = cell_function(x, (hidden[layer], cell[layer]), *weights, *biases)
+                new_cell.append(layer_cell)
+            else:
+                x = cell_function(x, hidden[layer], *weights, *biases)
+            new_hidden.append(x)
+        hidden = torch.stack(new_hidden)
+        return x, ((hidden, torch.stack(new_cell)) if with_cell else hidden)
 
     def extra_repr(self) -> str:
         text = super().extra_repr() + f", backend={self.backend}"
