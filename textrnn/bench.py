@@ -83,7 +83,9 @@ def _d2l_clip(model: nn.Module, theta: float) -> None:
             param.grad[:] *= theta / norm
 
 
-def d2l_baseline(tokens: torch.Tensor, vocab_size: int, size: dict, device: torch.device, seconds: float) -> dict:
+def d2l_baseline(
+    tokens: torch.Tensor, vocab_size: int, size: dict, device: torch.device, seconds: float, train_only: bool = False
+) -> dict:
     batch, steps = size["batch_size"], size["num_steps"]
     torch.manual_seed(0)
     model = _D2LModel(vocab_size, size["hidden_size"], size["num_layers"]).to(device)
@@ -108,6 +110,8 @@ def d2l_baseline(tokens: torch.Tensor, vocab_size: int, size: dict, device: torc
         loss.item()
         count += y.numel()
     train_rate = count / (time.perf_counter() - started)
+    if train_only:
+        return {"train_tokens_per_sec": train_rate}
 
     with torch.no_grad():  # evaluation: a loss read per batch
         state, count, started = None, 0, time.perf_counter()
@@ -209,6 +213,14 @@ def _corpus_run(job: dict) -> dict:
     }
 
 
+def _baseline_tokens(corpus: str) -> tuple[torch.Tensor, int]:
+    text = Path(corpus).read_text(encoding="utf-8")
+    vocabulary = sorted(set(text))
+    lookup = np.zeros(max(map(ord, vocabulary)) + 1, dtype=np.int64)
+    lookup[[ord(c) for c in vocabulary]] = np.arange(len(vocabulary))
+    return torch.from_numpy(lookup[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]), len(vocabulary)
+
+
 def worker(job: dict) -> dict:
     """One measurement in this process: the ``kind`` of ``job`` is baseline, textrnn or corpus."""
     torch.set_num_threads(job["threads"])
@@ -216,14 +228,15 @@ def worker(job: dict) -> dict:
     if job["kind"] == "corpus":
         result = _corpus_run(job)
     elif job["kind"] == "baseline":
-        text = Path(job["corpus"]).read_text(encoding="utf-8")
-        vocabulary = sorted(set(text))
-        lookup = np.zeros(max(map(ord, vocabulary)) + 1, dtype=np.int64)
-        lookup[[ord(c) for c in vocabulary]] = np.arange(len(vocabulary))
-        tokens = torch.from_numpy(lookup[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)])
-        result = d2l_baseline(tokens, len(vocabulary), SIZES[job["size"]], device, job["seconds"])
+        result = d2l_baseline(*_baseline_tokens(job["corpus"]), SIZES[job["size"]], device, job["seconds"])
     else:
-        result = _textrnn_run(job, device)
+        result = {}
+        if job.get("paired_seconds"):  # the baseline again, right before: a ratio that machine load cannot skew
+            paired = d2l_baseline(
+                *_baseline_tokens(job["corpus"]), SIZES[job["size"]], device, job["paired_seconds"], train_only=True
+            )
+            result["paired_baseline_train_tokens_per_sec"] = paired["train_tokens_per_sec"]
+        result.update(_textrnn_run(job, device))
     result["peak_memory_mb"] = _peak_memory_mb(device)
     return result
 
@@ -245,15 +258,18 @@ def _spawn(job: dict) -> dict:
 
 
 def plan(quick: bool, device: str) -> list[dict]:
-    """The jobs of one run, in order: per size the baseline first, then textrnn's configurations."""
-    seconds = 3.0 if quick else 5.0
-    large_on_cpu = device == "cpu"
+    """The jobs of one run, in order: per size the baseline first, then textrnn's configurations.
+
+    ``quick``: the d2l size, the fused GRU and LSTM (and the LSTM in bf16), 1 and 10 MB corpora.
+    """
+    seconds = 2.0 if quick else 4.0
     jobs = []
     for size in ("d2l",) if quick else ("d2l", "large"):
-        limit = {"seconds": seconds}
-        cells = ("gru", "lstm") if quick else CELLS
-        backends = ("fused", "scratch")
-        if size == "large" and large_on_cpu:
+        limit = {"seconds": seconds, "paired_seconds": 1.0 if quick else 2.0}
+        if quick:
+            limit["eval_chars"] = 20_000
+        cells, backends = (("gru", "lstm"), ("fused",)) if quick else (CELLS, ("fused", "scratch"))
+        if size == "large" and device == "cpu":
             # A step of 128 x 100 tokens through three layers of 1024 takes seconds on two cores (the
             # baseline's about 17 s): two steps of the fused GRU and LSTM, a short evaluation, no more.
             limit = {"seconds": 0.0, "max_steps": 2, "eval_chars": 2_000, "sample_length": 50}
@@ -263,14 +279,12 @@ def plan(quick: bool, device: str) -> list[dict]:
             for backend in backends:
                 if cell == "peephole_lstm" and backend == "fused":
                     continue
-                if quick and backend == "scratch" and cell != "gru":
-                    continue
                 job = {"kind": "textrnn", "size": size, "cell": cell, "backend": backend, **limit}
                 if size == "d2l":
                     job["streams"] = STREAMS if (cell, backend) == ("lstm", "fused") else (1,)
                 jobs.append(job)
         if size == "d2l":
-            for cell in ("gru", "lstm"):
+            for cell in ("lstm",) if quick else ("gru", "lstm"):
                 jobs.append(
                     {"kind": "textrnn", "size": size, "cell": cell, "backend": "fused", "precision": "bf16", **limit}
                 )
@@ -323,7 +337,11 @@ def _label(job: dict) -> str:
 
 
 def table(results: list[dict]) -> str:
-    """Rows: configuration, training / evaluation / sampling rates with their ratios to the baseline, memory."""
+    """Rows: configuration, training / evaluation / sampling rates with their ratios to the baseline, memory.
+
+    A training ratio is against the baseline run in the same worker just before (``paired``) where
+    there is one, else against the baseline row of its size; the other ratios against the baseline row.
+    """
     lines = [("configuration", "train tok/s", "x base", "eval tok/s", "x base", "sample ch/s", "x base", "peak MB")]
     baselines = {}
     corpus_lines = [("corpus", "load + tokenize s", "tokens", "token array MB", "peak MB")]
@@ -350,11 +368,13 @@ def table(results: list[dict]) -> str:
         def ratio(key, result=result, base=base):
             return f"{result[key] / base[key]:.2f}" if key in result and base.get(key) else ""
 
+        paired = result.get("paired_baseline_train_tokens_per_sec")
+        train_ratio = f"{result['train_tokens_per_sec'] / paired:.2f}" if paired else ratio("train_tokens_per_sec")
         lines.append(
             (
                 _label(job),
                 f"{result['train_tokens_per_sec']:,.0f}",
-                ratio("train_tokens_per_sec"),
+                train_ratio,
                 f"{result['eval_tokens_per_sec']:,.0f}",
                 ratio("eval_tokens_per_sec"),
                 f"{result['sample_chars_per_sec']:,.0f}",
