@@ -70,3 +70,25 @@ def test_compact_encoding_matches_and_takes_one_byte_per_character():
     wide = CharTokenizer.build("".join(chr(0x4E00 + i) for i in range(300)), "none")
     assert wide.storage_dtype == np.int16
     assert wide.encode_compact(chr(0x4E00 + 299)).tolist() == [wide.encode(chr(0x4E00 + 299))[0]]
+
+
+@pytest.mark.parametrize("normalize", ["none", "d2l"])
+def test_byte_tokenizer_matches_hf_round_trips_and_counts_characters(tmp_path, normalize):
+    from textrnn.tokenizer import ByteTokenizer, load_tokenizer
+
+    tokenizer = ByteTokenizer.build(normalize)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tokenizer.to_json())
+    tokenizer = load_tokenizer(path, "byte")
+    for text in ["héllo 世界 🙂!", "plain", "\x00\r\n\t", ""]:
+        ids = tokenizer.encode(text)
+        assert ids.tolist() == tokenizer.encode_with_backend(text).tolist()
+        assert tokenizer.decode(ids) == tokenizer.normalize(text)
+        assert tokenizer.count_characters(ids) == len(tokenizer.normalize(text))
+    assert tokenizer.unknown_characters("anything ✓") == []
+    emoji = [byte + 1 for byte in "a🙂".encode()]
+    assert tokenizer.decode(emoji[:-2]) == "a"  # an incomplete character at the end is held back
+    assert tokenizer.decode([ord("a") + 1, 0x80 + 1, ord("b") + 1]) == "a\ufffdb"  # a stray continuation byte
+    with pytest.raises(TextrnnError, match="not a textrnn byte tokenizer"):
+        path.write_text(CharTokenizer.build("abc", "none").to_json())
+        load_tokenizer(path, "byte")

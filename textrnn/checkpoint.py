@@ -29,7 +29,7 @@ import torch
 from textrnn.atomic import atomic_write
 from textrnn.config import ModelConfig, TrainConfig, from_dict
 from textrnn.errors import TextrnnError
-from textrnn.tokenizer import CharTokenizer
+from textrnn.tokenizer import CharTokenizer, load_tokenizer
 
 FORMAT = "textrnn-run"
 FORMAT_VERSION = 1
@@ -123,7 +123,7 @@ def run_config(model_config: ModelConfig, train_config: TrainConfig, normalize: 
         "task": "charlm",
         "model": dataclasses.asdict(model_config),
         "train": dataclasses.asdict(train_config),
-        "tokenizer": {"type": "char", "normalize": normalize, "file": "tokenizer.json"},
+        "tokenizer": {"type": train_config.tokenizer, "normalize": normalize, "file": "tokenizer.json"},
         "data": data,
     }
 
@@ -243,7 +243,7 @@ def load_run(checkpoint: str | Path | None = None, weights: str | None = None, d
     run_dir, from_path = resolve_run(checkpoint)
     weights = weights or from_path
     config = read_config(run_dir)
-    tokenizer = CharTokenizer.load(run_dir / "tokenizer.json")
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json", config["tokenizer"].get("type", "char"))
     try:
         model_config = from_dict(ModelConfig, config["model"])
     except (KeyError, TypeError) as error:

@@ -47,6 +47,7 @@ from textrnn.config import (
 )
 from textrnn.errors import TextrnnError
 from textrnn.forecast_cli import forecast
+from textrnn.tokenizer import TOKENIZERS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -72,6 +73,11 @@ _TRAINING_OPTIONS = [
         type=click.Choice(NORMALIZATIONS),
         help="d2l: lowercase letters and single spaces; none: every character.",
         default_text="d2l for timemachine, none for files",
+    ),
+    _option(
+        "--tokenizer",
+        type=click.Choice(TOKENIZERS),
+        help="char: one token per character of the training text; byte: one per UTF-8 byte (any text, no unknowns).",
     ),
     _option(
         "--data-dir",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from textrnn.errors import TextrnnError
 from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend
+from textrnn.tokenizer import TOKENIZERS
 
 TASKS = ("causal", "infill")
 DEFAULT_EPOCHS = 40
@@ -125,6 +126,7 @@ class TrainConfig:
 
     corpus: str = "timemachine"
     normalize: str | None = None  # None: d2l for built-in corpora, none for files
+    tokenizer: str = "char"  # char: one token per character; byte: one per UTF-8 byte
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     partition: str = "sequential"
@@ -160,6 +162,9 @@ class TrainConfig:
             f"unknown normalization {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}",
         )
         _require(self.num_steps >= 1, f"--num-steps must be at least 1, got {self.num_steps}")
+        _require(
+            self.tokenizer in TOKENIZERS, f"unknown tokenizer {self.tokenizer!r}: choose one of {', '.join(TOKENIZERS)}"
+        )
         _require(
             self.precision in PRECISIONS, f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from textrnn.atomic import atomic_write
 from textrnn.errors import TextrnnError
-from textrnn.tokenizer import CharTokenizer, make_normalizer
+from textrnn.tokenizer import CharTokenizer, build_tokenizer, make_normalizer
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,10 @@ def load_splits(config, data_dir: Path | None = None, tokenizer: CharTokenizer |
         text = normalizer.normalize_str(text)
     parts = split(len(text), config.val_fraction, config.test_fraction)
     if tokenizer is None:
-        tokenizer = CharTokenizer.build(text[parts[0]], normalize)
-    ids = tokenizer.encode_compact(text)
-    if len(ids) != len(text):
-        raise TextrnnError(f"{path}: the tokenizer produced {len(ids)} tokens for {len(text)} characters")
-    splits = dict(zip(("train", "val", "test"), (ids[part] for part in parts)))
+        tokenizer = build_tokenizer(config.tokenizer, text[parts[0]], normalize)
+    # The text is split by characters, then each part is encoded: a byte tokenizer gives several ids
+    # to a character, and no character is cut between two splits.
+    splits = {name: tokenizer.encode_compact(text[part]) for name, part in zip(("train", "val", "test"), parts)}
     for name in ("val", "test"):
         if len(splits[name]) < 2:
             raise TextrnnError(
@@ -155,5 +154,6 @@ def load_splits(config, data_dir: Path | None = None, tokenizer: CharTokenizer |
         "sha1": sha1_of(path),
         "normalize": normalize,
         "tokens": {name: int(len(split)) for name, split in splits.items()},
+        "characters": {name: part.stop - part.start for name, part in zip(("train", "val", "test"), parts)},
     }
     return tokenizer, splits, data

@@ -57,23 +57,27 @@ def _infill_sum(model, tokens: torch.Tensor, window: int) -> tuple[torch.Tensor,
     return total, tokens.numel()
 
 
-def metrics_from_sum(nats: float, count: int) -> dict:
-    """Cross-entropy per token (nats), perplexity and bits per character (one character per token)."""
+def metrics_from_sum(nats: float, count: int, characters: int | None = None) -> dict:
+    """Cross-entropy and perplexity per token, and bits per character: the same nats over the
+    ``characters`` the tokens spell (default: one per token), so tokenizers compare honestly."""
     cross_entropy = nats / count
     return {
         "cross_entropy": cross_entropy,
         "perplexity": math.exp(cross_entropy) if cross_entropy < 700 else math.inf,  # exp overflows past ~709
-        "bits_per_char": cross_entropy / math.log(2),
+        "bits_per_char": nats / (characters or count) / math.log(2),
         "tokens": count,
     }
 
 
-def perplexity(model, tokens: torch.Tensor, unk_id: int | None = 0, window: int = 256) -> dict:
-    """Exact metrics of ``model`` on a token stream ``(N,)``: see ``metrics_from_sum``, plus unknown tokens."""
+def perplexity(
+    model, tokens: torch.Tensor, unk_id: int | None = 0, window: int = 256, characters: int | None = None
+) -> dict:
+    """Exact metrics of ``model`` on a token stream ``(N,)``: see ``metrics_from_sum``, plus unknown tokens.
+    ``characters``: how many characters the predicted tokens spell, when that is not one per token."""
     if tokens.numel() < 2:
         raise ValueError("perplexity needs at least two tokens")
     total, count = cross_entropy_sum(model, tokens, window)
-    result = metrics_from_sum(float(total), count)
+    result = metrics_from_sum(float(total), count, characters)
     result["unknown_tokens"] = 0 if unk_id is None else int((tokens == unk_id).sum())
     return result
 
@@ -87,7 +91,8 @@ def evaluate_text(model, tokenizer, path, window: int = 256) -> dict:
     if len(ids) < 2:
         raise TextrnnError(f"{path} has {len(ids)} tokens after normalization: evaluation needs at least two")
     device = next(model.parameters()).device
-    return perplexity(model, torch.as_tensor(ids, device=device), tokenizer.unk_id, window)
+    characters = tokenizer.count_characters(ids[1:])
+    return perplexity(model, torch.as_tensor(ids, device=device), tokenizer.unk_id, window, characters)
 
 
 def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None) -> dict:
@@ -107,4 +112,5 @@ def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None
         )
     device = next(model.parameters()).device
     tokens = torch.as_tensor(splits[split], device=device)
-    return perplexity(model, tokens, tokenizer.unk_id, train_config.num_steps)
+    characters = tokenizer.count_characters(splits[split][1:])
+    return perplexity(model, tokens, tokenizer.unk_id, train_config.num_steps, characters)

@@ -1,4 +1,4 @@
-"""Character tokenizer backed by HF ``tokenizers``, saved as ``tokenizer.json``.
+"""Character and byte tokenizers backed by HF ``tokenizers``, saved as ``tokenizer.json``.
 
 The normalization (``d2l``: letters lowercased, every other run of characters one
 space) lives inside the tokenizer, so any tool that loads ``tokenizer.json`` sees
@@ -8,6 +8,7 @@ of the training split, sorted.
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ def make_normalizer(mode: str):
 
 class CharTokenizer:
     """One token per Unicode character; unknown characters become ``<unk>``."""
+
+    kind = "char"
 
     def __init__(self, tokenizer: Tokenizer):
         self.backend = tokenizer
@@ -95,13 +98,10 @@ class CharTokenizer:
     def encode_compact(self, text: str, chunk: int = 1 << 20) -> np.ndarray:
         """``encode`` for a whole corpus: ``chunk`` characters at a time into ``storage_dtype``, so the
         temporaries stay a few MB and the result takes one or two bytes per character, not eight."""
-        out = np.empty(len(text), dtype=self.storage_dtype)
-        position = 0
-        for start in range(0, len(text), chunk):
-            ids = self.encode(text[start : start + chunk])
-            out[position : position + len(ids)] = ids
-            position += len(ids)
-        return out[:position]
+        pieces = [
+            self.encode(text[start : start + chunk]).astype(self.storage_dtype) for start in range(0, len(text), chunk)
+        ]
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=self.storage_dtype)
 
     def encode_with_backend(self, text: str) -> np.ndarray:
         """The same ids through the HF tokenizers pipeline (slower; the reference for ``encode``)."""
@@ -113,7 +113,120 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self._id_to_char[int(i)] for i in ids)
 
+    @staticmethod
+    def count_characters(ids: np.ndarray) -> int:
+        """Characters in a stretch of ids: one per token."""
+        return int(len(ids))
+
     def unknown_characters(self, text: str) -> list[str]:
         """Characters of ``text`` (after normalization) that the vocabulary lacks."""
         known = set(self._id_to_char[1:])
         return sorted(set(self.normalize(text)) - known)
+
+
+def _printable_bytes() -> list[str]:
+    """The character that stands for each byte value in HF's byte-level alphabet (GPT-2's convention):
+    printable Latin-1 bytes stand for themselves, the other 68 for the characters from U+0100 on."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
+    mapping, extra = [], 0
+    for value in range(256):
+        if value in printable:
+            mapping.append(chr(value))
+        else:
+            mapping.append(chr(256 + extra))
+            extra += 1
+    return mapping
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte: any text, no unknown characters. Id 0 is ``<unk>`` (never produced),
+    byte ``b`` is id ``b + 1``. Saved as an HF byte-level ``tokenizer.json``.
+
+    Decoding holds back an incomplete UTF-8 sequence at the end (a sample cut inside a character
+    never ends in a broken one) and shows an invalid sequence inside as U+FFFD.
+    """
+
+    kind = "byte"
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.backend = tokenizer
+        vocab = tokenizer.get_vocab()
+        expected = {UNK: 0, **{char: value + 1 for value, char in enumerate(_printable_bytes())}}
+        if vocab != expected:
+            raise TextrnnError("tokenizer.json is not a textrnn byte tokenizer (its vocabulary differs)")
+        self.vocab_size = len(vocab)
+        self.unk_id = 0
+
+    @classmethod
+    def build(cls, normalize: str) -> ByteTokenizer:
+        vocab = {UNK: 0, **{char: value + 1 for value, char in enumerate(_printable_bytes())}}
+        backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        normalizer = make_normalizer(normalize)
+        if normalizer is not None:
+            backend.normalizer = normalizer
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated"),
+            ]
+        )
+        backend.decoder = decoders.ByteLevel()
+        return cls(backend)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ByteTokenizer:
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except TextrnnError:
+            raise
+        except Exception as error:
+            raise TextrnnError(f"{path} is not a readable tokenizer.json ({error})") from None
+
+    to_json = CharTokenizer.to_json
+    normalize = CharTokenizer.normalize
+    encode_compact = CharTokenizer.encode_compact
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        return np.dtype(np.int16)  # 257 ids
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` (normalized first): its UTF-8 bytes plus one, as int64."""
+        return np.frombuffer(self.normalize(text).encode("utf-8"), dtype=np.uint8).astype(np.int64) + 1
+
+    def encode_with_backend(self, text: str) -> np.ndarray:
+        """The same ids through the HF tokenizers pipeline (the reference for ``encode``)."""
+        return np.asarray(self.backend.encode(text).ids, dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        data = bytes(int(i) - 1 for i in ids if int(i) != self.unk_id)
+        return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
+
+    def unknown_characters(self, text: str) -> list[str]:
+        return []
+
+    @staticmethod
+    def count_characters(ids: np.ndarray) -> int:
+        """Characters in a stretch of ids: the bytes that start a UTF-8 sequence (not 10xxxxxx)."""
+        values = np.asarray(ids).astype(np.int64) - 1
+        return int(((values & 0xC0) != 0x80).sum())
+
+
+TOKENIZERS = ("char", "byte")
+
+
+def build_tokenizer(kind: str, normalized_training_text: str, normalize: str):
+    if kind == "byte":
+        return ByteTokenizer.build(normalize)
+    if kind == "char":
+        return CharTokenizer.build(normalized_training_text, normalize)
+    raise TextrnnError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
+
+
+def load_tokenizer(path: str | Path, kind: str = "char"):
+    """The tokenizer of a run directory, by the ``type`` its config.json records."""
+    if kind == "byte":
+        return ByteTokenizer.load(path)
+    if kind == "char":
+        return CharTokenizer.load(path)
+    raise TextrnnError(f"{path}: unknown tokenizer type {kind!r} in config.json")

@@ -23,7 +23,7 @@ from textrnn.errors import TextrnnError
 from textrnn.evaluate import cross_entropy_sum, metrics_from_sum
 from textrnn.models import CharLM
 from textrnn.nn import detach_state, map_state
-from textrnn.tokenizer import CharTokenizer
+from textrnn.tokenizer import load_tokenizer
 
 LOG_EVERY = 50  # steps between reads of the running loss (one host sync each)
 
@@ -139,7 +139,7 @@ def train(
             if "trainer" not in saved:
                 raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
         # else: stopped before its first checkpoint, so it starts again from step 0
-        tokenizer = CharTokenizer.load(out_dir / "tokenizer.json")
+        tokenizer = load_tokenizer(out_dir / "tokenizer.json", stored["tokenizer"].get("type", "char"))
         tokenizer, splits, data = corpus.load_splits(train_config, data_dir, tokenizer)
         if data["sha1"] != stored["data"]["sha1"]:
             raise TextrnnError(
@@ -154,6 +154,7 @@ def train(
     model = CharLM(model_config).to(device)
     train_tokens = torch.from_numpy(splits["train"]).to(device)
     val_tokens = torch.from_numpy(splits["val"]).to(device)
+    val_characters = tokenizer.count_characters(splits["val"][1:])  # bits per character, whatever the tokens
     batches = Batches(
         train_tokens, train_config.batch_size, train_config.num_steps, train_config.partition, train_config.seed
     )
@@ -229,7 +230,7 @@ def train(
         counters["elapsed"] = elapsed()
         counters["train_time"] = train_time_at_start + (started - segment_start) - eval_time
         total, count = cross_entropy_sum(model, val_tokens, train_config.num_steps)
-        metrics = metrics_from_sum(float(total), count)
+        metrics = metrics_from_sum(float(total), count, val_characters)
         train_ppl = _exp(float(window_sum) / window_steps) if window_steps else last["train_perplexity"]
         window_sum, window_steps = torch.zeros((), device=device), 0
         last.update(
