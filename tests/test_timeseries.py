@@ -206,3 +206,18 @@ def test_baselines_repeat_the_last_value_and_the_last_season():
     assert forecasts["persistence"].tolist() == [[5.0] * 4, [10.0] * 4]
     # Targets 6..9 from start 0: one season back is 3, 4, 5; the fourth step goes back two seasons to 3.
     assert forecasts["seasonal_naive"].tolist() == [[3.0, 4.0, 5.0, 3.0], [8.0, 9.0, 10.0, 8.0]]
+
+
+def test_a_coarser_file_is_refused_for_a_model_of_a_finer_step():
+    two_hourly = np.datetime64("2020-01-01T00:00", "s") + np.timedelta64(7200, "s") * np.arange(10)
+    with pytest.raises(TextrnnError, match="step of 2 hours, but the model was trained on a step of 1 hour"):
+        clean(two_hourly, np.arange(10.0), "load", max_gap=6, step_seconds=3600)
+
+
+def test_a_series_without_test_windows_is_named():
+    long = clean(hourly(200), np.arange(200.0), "long", max_gap=2)
+    # The short series' test part falls after a long gap, in a segment too short for one window.
+    stamps = np.concatenate([hourly(90), hourly(12, "2020-02-01T00:00")])
+    short = clean(stamps, np.arange(102.0), "short", max_gap=2)
+    with pytest.raises(TextrnnError, match="series 'short' has no test window"):
+        build_dataset([long, short], 24, 1, "none", 0.1, 0.1, season=1)

@@ -46,7 +46,7 @@ class Batches:
             self.per_epoch = (self.row_length * batch_size // num_steps) // batch_size
 
     def _generator(self, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of one epoch, beginning at batch index ``start``."""

@@ -180,7 +180,7 @@ def _loss(config: ForecastConfig):
     if config.loss == "l1":
         return F.l1_loss
     if config.loss == "huber":
-        return lambda predicted, target: F.huber_loss(predicted, target, delta=0.01)
+        return lambda predicted, target: F.huber_loss(predicted, target, delta=0.1)  # 10% of the training range
     return F.mse_loss
 
 
@@ -210,6 +210,10 @@ def train_forecaster(
             saved = checkpoint.read_tensors(out_dir / "last.pt")
             if "trainer" not in saved:
                 raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
+    if not resume:  # stored absolute, so eval, predict and --resume find the files from any directory
+        config = dataclasses.replace(
+            config, csv=tuple(str(Path(path).resolve()) if Path(path).exists() else path for path in config.csv)
+        )
     series, files = load_series(config)
     if resume:
         for now, before in zip(files, stored["data"]["files"]):
@@ -322,7 +326,7 @@ def train_forecaster(
         model.train()
         while not (finished() or interrupted):
             # One shuffle per (seed, epoch): a resumed run sees the same batches in the same order.
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + counters["epoch"])
+            generator = torch.Generator().manual_seed((config.seed * 1_000_003 + counters["epoch"]) % 2**63)
             order = torch.randperm(len(train_starts), generator=generator).to(device)
             for batch in range(counters["batch"], per_epoch):
                 starts = train_starts[order[batch * config.batch_size : (batch + 1) * config.batch_size]]
@@ -430,7 +434,7 @@ def evaluate_run(checkpoint_dir=None, csv=None, weights=None, device="cpu") -> d
                 )
         scalers = None
     dataset = dataset_of(config, series, stored["data"]["season"], scalers)
-    if scalers is None and [s.minimum for s in dataset.scalers] != [s.minimum for s in stored_scalers(stored)]:
+    if scalers is None and dataset.scalers != stored_scalers(stored):
         raise TextrnnError("the rebuilt scalers differ from the stored ones: the data or the code changed")
     started = time.perf_counter()
     results = score(model, dataset, "test")

@@ -415,7 +415,7 @@ def predict_command(checkpoint, weights, csv_files, steps, out, plot, device):
     texts = format_times(np.array(times, dtype="datetime64[s]"), result["time_format"])
     header = [result["time_col"], *(item["series"] for item in result["forecasts"])]
     table = [header] + [
-        [text, *(f"{rows[time][c]:.6g}" if c in rows[time] else "" for c in range(len(header) - 1))]
+        [text, *(repr(round(rows[time][c], 6)) if c in rows[time] else "" for c in range(len(header) - 1))]
         for time, text in zip(times, texts)
     ]
     text = io.StringIO()
@@ -470,6 +470,7 @@ def compare_command(cells, out, threads, json_output, **options):
                 "steps": summary["steps"],
                 "test": summary["overall"],
                 "checkpoint": summary["checkpoint"],
+                "interrupted": summary["interrupted"],
             }
         )
         if summary["interrupted"]:
@@ -483,7 +484,7 @@ def compare_command(cells, out, threads, json_output, **options):
             test = run["test"]
             lines.append(
                 (
-                    run["cell"],
+                    run["cell"] + (" (interrupted)" if run["interrupted"] else ""),
                     f"{run['parameters']:,}",
                     f"{run['train_seconds']:.0f}",
                     f"{run['windows_per_sec']:,.0f}",
@@ -507,5 +508,5 @@ def compare_command(cells, out, threads, json_output, **options):
                 )
             )
         click.echo(_columns(lines))
-    if len(runs) < len(names):
+    if len(runs) < len(names) or any(run["interrupted"] for run in runs):
         sys.exit(130)

@@ -169,6 +169,10 @@ def parse_times(cells: list[str], time_format: str | None, where: str) -> tuple[
         else:
             return np.array(parsed, dtype="datetime64[s]"), candidate
     row, text, candidate = furthest
+    if time_format:
+        raise TextrnnError(
+            f"{where}: row {row + 2} holds {text[:40]!r}, which does not match --time-format {time_format!r}"
+        )
     if row > 0 and any(parsed_text for parsed_text in texts[:row]):
         raise TextrnnError(
             f"{where}: row {row + 2} holds {text[:40]!r}, which is not a time in the format of the rows before it "
@@ -261,6 +265,14 @@ def clean(times: np.ndarray, values: np.ndarray, name: str, max_gap: int, step_s
     if step_seconds is None:
         steps, step_counts = np.unique(differences, return_counts=True)
         step_seconds = int(steps[np.argmax(step_counts)])
+    else:  # a stored model's step: the file must have it too, not a coarser one filled in by interpolation
+        steps, step_counts = np.unique(differences, return_counts=True)
+        own = int(steps[np.argmax(step_counts)])
+        if own != step_seconds:
+            raise TextrnnError(
+                f"series {name!r} has a step of {_duration(own)}, but the model was trained on a step of "
+                f"{_duration(step_seconds)}: resample the file to {_duration(step_seconds)} first"
+            )
     off_grid = np.flatnonzero(differences % step_seconds)
     if len(off_grid):
         at = np.datetime64(int(times[off_grid[0] + 1]), "s")
@@ -499,6 +511,7 @@ def build_dataset(
         names.append(item.name)
         fitted.append(scaler)
         first_test.append(str(item.times[bounds["test"][0]]) if bounds["test"][0] < length else "")
+        windows = dict.fromkeys(SPLITS, 0)
         for split, (begin, end) in bounds.items():
             history = lookback if split == "train" else max(lookback, season)  # the seasonal baseline's too
             for seg_start, seg_end in item.segments:
@@ -508,22 +521,9 @@ def build_dataset(
                 target = candidates + lookback
                 keep = (target >= begin) & (target + horizon <= end)
                 starts[split].append(candidates[keep] + offset)
+                windows[split] += int(keep.sum())
+        _check_windows(item.name, windows, bounds, lookback, horizon, season, training=scalers is None)
         offset += length
-    if scalers is None and not any(len(s) for s in starts["train"]):
-        raise TextrnnError(
-            f"no training window fits: every segment is shorter than --lookback + --horizon = {lookback + horizon}"
-        )
-    if scalers is None and not any(len(s) for s in starts["val"]):
-        raise TextrnnError(
-            "no validation window fits: the validation part lies in segments shorter than the history a forecast "
-            f"needs ({max(lookback, season) + horizon} points); use a larger --val-fraction, a shorter --lookback "
-            "or a larger --max-gap"
-        )
-    if not any(len(s) for s in starts["test"]):
-        raise TextrnnError(
-            f"no test window fits: the series are shorter than the history a forecast needs "
-            f"({max(lookback, season) + horizon} points)"
-        )
     return Dataset(
         features=np.concatenate(features),
         values=np.concatenate(values),
@@ -538,6 +538,27 @@ def build_dataset(
         season=season,
         first_test_time=first_test,
     )
+
+
+def _check_windows(name, windows, bounds, lookback, horizon, season, training: bool) -> None:
+    """Every series needs windows in every split it is scored or trained on: name the one that has none."""
+    needs = {
+        "train": f"--lookback + --horizon = {lookback + horizon} contiguous points",
+        "val": f"{max(lookback, season) + horizon} contiguous points (the look-back or a season, then the horizon)",
+        "test": f"{max(lookback, season) + horizon} contiguous points (the look-back or a season, then the horizon)",
+    }
+    fixes = {
+        "train": "use a shorter --lookback, a larger --max-gap or more data",
+        "val": "use a larger --val-fraction, a shorter --lookback or a larger --max-gap",
+        "test": "use a larger --test-fraction, a shorter --lookback or a larger --max-gap",
+    }
+    for split in SPLITS if training else ("test",):
+        if windows[split] == 0:
+            begin, end = bounds[split]
+            part = f"its {split} part ({end - begin:,} points)" if training else "it"
+            raise TextrnnError(
+                f"series {name!r} has no {split} window: {part} holds no stretch of {needs[split]}; {fixes[split]}"
+            )
 
 
 def window_indices(starts, lookback: int, horizon: int, xp=np):
