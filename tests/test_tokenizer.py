@@ -92,3 +92,24 @@ def test_byte_tokenizer_matches_hf_round_trips_and_counts_characters(tmp_path, n
     with pytest.raises(TextrnnError, match="not a textrnn byte tokenizer"):
         path.write_text(CharTokenizer.build("abc", "none").to_json())
         load_tokenizer(path, "byte")
+
+
+def test_bpe_learns_words_round_trips_any_text_and_counts_characters(tmp_path):
+    from textrnn.tokenizer import BpeTokenizer, _pieces, load_tokenizer
+
+    training = "the time traveller said that the time machine was ready " * 40
+    tokenizer = BpeTokenizer.build(training, "none", 300)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tokenizer.to_json())
+    tokenizer = load_tokenizer(path, "bpe")
+    assert len(tokenizer.encode("the time traveller")) < len("the time traveller") / 2  # words became tokens
+    for text in ["the time traveller", "unseen Ωmega 東京 🙂", "\x00\n", ""]:
+        ids = tokenizer.encode(text)
+        assert tokenizer.decode(ids) == text and tokenizer.count_characters(ids) == len(text)
+    long = "word " * 50_000  # encoded in pieces, each cut before a space
+    assert "".join(_pieces(long, 1000)) == long and all(p.startswith(" ") for p in _pieces(long, 1000)[1:])
+    assert tokenizer.encode(long).tolist() == tokenizer.encode_with_backend(long).tolist()
+    assert tokenizer.unknown_characters("✓") == [] and tokenizer.storage_dtype == np.int16
+    with pytest.raises(TextrnnError, match="not a textrnn BPE tokenizer"):
+        path.write_text(CharTokenizer.build("abc", "none").to_json())
+        load_tokenizer(path, "bpe")

@@ -77,7 +77,15 @@ _TRAINING_OPTIONS = [
     _option(
         "--tokenizer",
         type=click.Choice(TOKENIZERS),
-        help="char: one token per character of the training text; byte: one per UTF-8 byte (any text, no unknowns).",
+        help="char: one token per character of the training text; byte: one per UTF-8 byte (any text, no "
+        "unknowns); bpe: byte-level BPE learned on the training split.",
+    ),
+    _option(
+        "--vocab-size",
+        "bpe_vocab_size",
+        type=int,
+        help="With --tokenizer bpe: the vocabulary to learn.",
+        default_text="1000",
     ),
     _option(
         "--data-dir",

@@ -126,7 +126,8 @@ class TrainConfig:
 
     corpus: str = "timemachine"
     normalize: str | None = None  # None: d2l for built-in corpora, none for files
-    tokenizer: str = "char"  # char: one token per character; byte: one per UTF-8 byte
+    tokenizer: str = "char"  # char: one token per character; byte: one per UTF-8 byte; bpe: byte-level BPE
+    bpe_vocab_size: int = 1000  # with tokenizer "bpe": the vocabulary it learns on the training split
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     partition: str = "sequential"
@@ -162,6 +163,10 @@ class TrainConfig:
             f"unknown normalization {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}",
         )
         _require(self.num_steps >= 1, f"--num-steps must be at least 1, got {self.num_steps}")
+        _require(
+            257 <= self.bpe_vocab_size <= 1_000_000,
+            f"--vocab-size must be in [257, 1000000] (the 256 bytes and <unk> come first), got {self.bpe_vocab_size}",
+        )
         _require(
             self.tokenizer in TOKENIZERS, f"unknown tokenizer {self.tokenizer!r}: choose one of {', '.join(TOKENIZERS)}"
         )

@@ -138,7 +138,7 @@ def load_splits(config, data_dir: Path | None = None, tokenizer: CharTokenizer |
         text = normalizer.normalize_str(text)
     parts = split(len(text), config.val_fraction, config.test_fraction)
     if tokenizer is None:
-        tokenizer = build_tokenizer(config.tokenizer, text[parts[0]], normalize)
+        tokenizer = build_tokenizer(config.tokenizer, text[parts[0]], normalize, config.bpe_vocab_size)
     # The text is split by characters, then each part is encoded: a byte tokenizer gives several ids
     # to a character, and no character is cut between two splits.
     splits = {name: tokenizer.encode_compact(text[part]) for name, part in zip(("train", "val", "test"), parts)}

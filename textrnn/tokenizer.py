@@ -12,7 +12,7 @@ import codecs
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from textrnn.errors import TextrnnError
 
@@ -212,12 +212,103 @@ class ByteTokenizer:
         return int(((values & 0xC0) != 0x80).sum())
 
 
-TOKENIZERS = ("char", "byte")
+class BpeTokenizer:
+    """Byte-level BPE trained with HF ``tokenizers`` on the training split: frequent byte sequences
+    (often whole words) become one token. Any text encodes (the 256 bytes are in the vocabulary);
+    decoding holds back an incomplete UTF-8 sequence at the end like ``ByteTokenizer``.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.backend = tokenizer
+        if tokenizer.token_to_id(UNK) != 0 or type(tokenizer.model).__name__ != "BPE":
+            raise TextrnnError("tokenizer.json is not a textrnn BPE tokenizer (no BPE model with <unk> at id 0)")
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.unk_id = 0
+        byte_of = {char: value for value, char in enumerate(_printable_bytes())}
+        self._bytes = [b""] * self.vocab_size
+        for token, index in tokenizer.get_vocab().items():
+            if index != self.unk_id:
+                self._bytes[index] = bytes(byte_of[char] for char in token)
+        # Characters per token: the bytes of it that start a UTF-8 sequence.
+        self._characters = np.array([sum((b & 0xC0) != 0x80 for b in data) for data in self._bytes], dtype=np.int64)
+
+    @classmethod
+    def build(cls, normalized_training_text: str, normalize: str, vocab_size: int) -> BpeTokenizer:
+        backend = Tokenizer(models.BPE(unk_token=UNK))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[UNK],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        backend.train_from_iterator(_pieces(normalized_training_text), trainer)
+        normalizer = make_normalizer(normalize)
+        if normalizer is not None:
+            backend.normalizer = normalizer
+        return cls(backend)
+
+    load = classmethod(lambda cls, path: _load(cls, path))
+    to_json = CharTokenizer.to_json
+    normalize = CharTokenizer.normalize
+    encode_compact = CharTokenizer.encode_compact
+    storage_dtype = CharTokenizer.storage_dtype
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text`` (normalized first), as int64; long text is cut before spaces and
+        encoded in parallel (a word never straddles two pieces)."""
+        encodings = self.backend.encode_batch(_pieces(self.normalize(text)))
+        ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
+    def encode_with_backend(self, text: str) -> np.ndarray:
+        """The whole text through HF in one call (the reference for the piecewise ``encode``)."""
+        return np.asarray(self.backend.encode(text).ids, dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        data = b"".join(self._bytes[int(i)] for i in ids)
+        return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
+
+    def unknown_characters(self, text: str) -> list[str]:
+        return []
+
+    def count_characters(self, ids: np.ndarray) -> int:
+        return int(self._characters[np.asarray(ids).astype(np.int64)].sum())
 
 
-def build_tokenizer(kind: str, normalized_training_text: str, normalize: str):
+def _pieces(text: str, size: int = _CHUNK) -> list[str]:
+    """``text`` cut into pieces of about ``size`` characters, each cut just before a space."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            space = text.rfind(" ", start + 1, end)
+            end = space if space > start else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _load(cls, path):
+    try:
+        return cls(Tokenizer.from_file(str(path)))
+    except TextrnnError:
+        raise
+    except Exception as error:  # the Rust side raises plain Exception
+        raise TextrnnError(f"{path} is not a readable tokenizer.json ({error})") from None
+
+
+TOKENIZERS = ("char", "byte", "bpe")
+
+
+def build_tokenizer(kind: str, normalized_training_text: str, normalize: str, vocab_size: int = 0):
     if kind == "byte":
         return ByteTokenizer.build(normalize)
+    if kind == "bpe":
+        return BpeTokenizer.build(normalized_training_text, normalize, vocab_size)
     if kind == "char":
         return CharTokenizer.build(normalized_training_text, normalize)
     raise TextrnnError(f"unknown tokenizer {kind!r}: choose one of {', '.join(TOKENIZERS)}")
@@ -225,8 +316,7 @@ def build_tokenizer(kind: str, normalized_training_text: str, normalize: str):
 
 def load_tokenizer(path: str | Path, kind: str = "char"):
     """The tokenizer of a run directory, by the ``type`` its config.json records."""
-    if kind == "byte":
-        return ByteTokenizer.load(path)
-    if kind == "char":
-        return CharTokenizer.load(path)
-    raise TextrnnError(f"{path}: unknown tokenizer type {kind!r} in config.json")
+    classes = {"char": CharTokenizer, "byte": ByteTokenizer, "bpe": BpeTokenizer}
+    if kind not in classes:
+        raise TextrnnError(f"{path}: unknown tokenizer type {kind!r} in config.json")
+    return classes[kind].load(path)
