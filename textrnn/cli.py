@@ -387,7 +387,9 @@ class _TrainPrinter:
 )
 @click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
 @click.option("--prefix", default="", help="Text to continue; every sample starts with it.")
-@click.option("--length", type=int, default=200, show_default=True, help="Characters to generate.")
+@click.option(
+    "--length", type=int, default=200, show_default=True, help="Tokens to generate (characters with --tokenizer char)."
+)
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Below 1: safer text; above 1: wilder.")
 @click.option("--top-k", type=int, help="Sample among the k most likely characters only.")
 @click.option("--top-p", type=float, help="Sample among the most likely characters whose probabilities sum to p.")
@@ -412,7 +414,8 @@ def sample(checkpoint, weights, prefix, device, json_output, **options):
     started = time.perf_counter()
     samples = generate(model, prefix, config, tokenizer=tokenizer)
     seconds = time.perf_counter() - started
-    chars_per_sec = config.length * config.num_samples / max(seconds, 1e-9)
+    generated = sum(len(text) - len(prefix) for text in samples)  # characters, whatever the tokenizer
+    chars_per_sec = generated / max(seconds, 1e-9)
     if json_output:
         click.echo(json.dumps({"samples": samples, "chars_per_sec": chars_per_sec}, ensure_ascii=False))
     else:
