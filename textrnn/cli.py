@@ -19,6 +19,7 @@ import click
 
 from textrnn.checkpoint import json_safe
 from textrnn.cli_common import (
+    ProgressPrinter,
     command,
     dataclass_defaults,
     defaulted_option,
@@ -331,54 +332,28 @@ def _table(rows: list[dict]) -> str:
     )
 
 
-class _TrainPrinter:
-    """Turns trainer events into a tqdm bar and one line per evaluation, all on stderr."""
+class _TrainPrinter(ProgressPrinter):
+    """The language-model trainer's lines: corpus and run at the start, perplexities at each validation."""
 
-    def __init__(self):
-        self.bar = None
+    def start_lines(self, info: dict) -> list[str]:
+        data = info["data"]
+        tokens = data["tokens"]
+        resumed = f", resumed at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
+        return [
+            f"training {info['parameters']:,} parameters on {data['corpus']} ({data['normalize']} normalization; "
+            f"{tokens['train']:,} train / {tokens['val']:,} val / {tokens['test']:,} test tokens) on {info['device']}{resumed}",
+            f"run directory: {info['run_dir']}",
+        ]
 
-    def __call__(self, event: str, info: dict) -> None:
-        from tqdm import tqdm
+    def log_text(self, info: dict) -> str:
+        return f"step {info['step']:,} train ppl {info['train_perplexity']:.3f} {info['tokens_per_sec']:,.0f} tok/s"
 
-        if event == "start":
-            data = info["data"]
-            tokens = data["tokens"]
-            resumed = f", resumed at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
-            tqdm.write(
-                f"training {info['parameters']:,} parameters on {data['corpus']} ({data['normalize']} normalization; "
-                f"{tokens['train']:,} train / {tokens['val']:,} val / {tokens['test']:,} test tokens) on {info['device']}{resumed}\n"
-                f"run directory: {info['run_dir']}",
-                file=sys.stderr,
-            )
-            self.bar = tqdm(
-                total=1000,
-                unit="",
-                file=sys.stderr,
-                dynamic_ncols=True,
-                leave=False,
-                disable=None,  # no bar when stderr is not a terminal (logs, CI): the evaluation lines remain
-                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
-            )
-        elif event == "step" and self.bar is not None:
-            target = min(1000, int(info["progress"] * 1000))
-            if target > self.bar.n:
-                self.bar.update(target - self.bar.n)
-        elif event == "log" and self.bar is not None:
-            self.bar.set_postfix_str(
-                f"step {info['step']:,} train ppl {info['train_perplexity']:.3f} {info['tokens_per_sec']:,.0f} tok/s",
-                refresh=False,
-            )
-        elif event == "eval":
-            mark = " *" if info["improved"] else ""
-            tqdm.write(
-                f"step {info['step']:>6,}  train ppl {number(info['train_perplexity'])}  val ppl {number(info['val_perplexity'])}"
-                f"  val bpc {number(info['val_bits_per_char'])}  {info['tokens_per_sec']:,.0f} tok/s  {info['elapsed_sec']:.0f} s{mark}",
-                file=sys.stderr,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    def eval_line(self, info: dict) -> str:
+        mark = " *" if info["improved"] else ""
+        return (
+            f"step {info['step']:>6,}  train ppl {number(info['train_perplexity'])}  val ppl {number(info['val_perplexity'])}"
+            f"  val bpc {number(info['val_bits_per_char'])}  {info['tokens_per_sec']:,.0f} tok/s  {info['elapsed_sec']:.0f} s{mark}"
+        )
 
 
 @cli.command()

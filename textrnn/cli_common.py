@@ -146,3 +146,48 @@ def stop_on_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class ProgressPrinter:
+    """Trainer events -> some lines at the start, a tqdm bar over the run's budget and one line per
+    validation, all on stderr. Subclasses say what the lines hold (``start_lines``, ``log_text``, ``eval_line``)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start_lines(self, info: dict) -> list[str]:
+        raise NotImplementedError
+
+    def log_text(self, info: dict) -> str:
+        raise NotImplementedError
+
+    def eval_line(self, info: dict) -> str:
+        raise NotImplementedError
+
+    def __call__(self, event: str, info: dict) -> None:
+        from tqdm import tqdm
+
+        if event == "start":
+            for line in self.start_lines(info):
+                tqdm.write(line, file=sys.stderr)
+            self.bar = tqdm(
+                total=1000,
+                unit="",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+                disable=None,  # no bar when stderr is not a terminal (logs, CI): the validation lines remain
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+            )
+        elif event == "step" and self.bar is not None:
+            target = min(1000, int(info["progress"] * 1000))
+            if target > self.bar.n:
+                self.bar.update(target - self.bar.n)
+        elif event == "log" and self.bar is not None:
+            self.bar.set_postfix_str(self.log_text(info), refresh=False)
+        elif event == "eval":
+            tqdm.write(self.eval_line(info), file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -16,6 +16,7 @@ import numpy as np
 
 from textrnn.checkpoint import json_safe_tree
 from textrnn.cli_common import (
+    ProgressPrinter,
     command,
     dataclass_defaults,
     defaulted_option,
@@ -160,55 +161,30 @@ def _run_with_progress(config: ForecastConfig, out: Path, resume: bool = False) 
         printer.close()
 
 
-class _Printer:
-    """Trainer events -> the cleaning report, a tqdm bar and one line per validation, all on stderr."""
+class _Printer(ProgressPrinter):
+    """The forecasting trainer's lines: the cleaning report and the run at the start, sMAPE at each validation."""
 
-    def __init__(self):
-        self.bar = None
+    def start_lines(self, info: dict) -> list[str]:
+        windows = info["windows"]
+        resumed = f", resumed at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
+        return [
+            *(f"{name}: {describe(report)}" for name, report in info["series"]),
+            f"training {info['parameters']:,} parameters on {windows['train']:,} train / {windows['val']:,} val / "
+            f"{windows['test']:,} test windows on {info['device']}{resumed}",
+            f"run directory: {info['run_dir']}",
+        ]
 
-    def __call__(self, event: str, info: dict) -> None:
-        from tqdm import tqdm
+    def log_text(self, info: dict) -> str:
+        return f"step {info['step']:,} loss {info['train_loss']:.2e} {info['windows_per_sec']:,.0f} windows/s"
 
-        if event == "start":
-            for name, report in info["series"]:
-                tqdm.write(f"{name}: {describe(report)}", file=sys.stderr)
-            windows = info["windows"]
-            resumed = f", resumed at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
-            tqdm.write(
-                f"training {info['parameters']:,} parameters on {windows['train']:,} train / {windows['val']:,} val / "
-                f"{windows['test']:,} test windows on {info['device']}{resumed}\nrun directory: {info['run_dir']}",
-                file=sys.stderr,
-            )
-            self.bar = tqdm(
-                total=1000,
-                file=sys.stderr,
-                dynamic_ncols=True,
-                leave=False,
-                disable=None,
-                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
-            )
-        elif event == "step" and self.bar is not None:
-            target = min(1000, int(info["progress"] * 1000))
-            if target > self.bar.n:
-                self.bar.update(target - self.bar.n)
-        elif event == "log" and self.bar is not None:
-            self.bar.set_postfix_str(
-                f"step {info['step']:,} loss {info['train_loss']:.2e} {info['windows_per_sec']:,.0f} windows/s",
-                refresh=False,
-            )
-        elif event == "eval":
-            mark = " *" if info["improved"] else ""
-            stop = "  (no gain for --patience validations: stopping)" if info["stopped_early"] else ""
-            tqdm.write(
-                f"step {info['step']:>6,}  epoch {info['epoch']:>3}  val sMAPE {number(info['val_smape'])}%  "
-                f"val MAE {number(info['val_mae'], 1)}  {info['windows_per_sec']:,.0f} windows/s  "
-                f"{info['elapsed_sec']:.0f} s{mark}{stop}",
-                file=sys.stderr,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    def eval_line(self, info: dict) -> str:
+        mark = " *" if info["improved"] else ""
+        stop = "  (no gain for --patience validations: stopping)" if info["stopped_early"] else ""
+        return (
+            f"step {info['step']:>6,}  epoch {info['epoch']:>3}  val sMAPE {number(info['val_smape'])}%  "
+            f"val MAE {number(info['val_mae'], 1)}  {info['windows_per_sec']:,.0f} windows/s  "
+            f"{info['elapsed_sec']:.0f} s{mark}{stop}"
+        )
 
 
 def _percent(value) -> str:
