@@ -467,6 +467,53 @@ def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json
 
 
 @cli.command()
+@click.option("--corpus", required=True, help="A UTF-8 text file (or a built-in corpus) to tokenize.")
+@_option(
+    "--normalize",
+    type=click.Choice(NORMALIZATIONS),
+    help="As for train.",
+    default_text="d2l for timemachine, none for files",
+)
+@_option("--tokenizer", type=click.Choice(TOKENIZERS), help="As for train.")
+@_option("--vocab-size", "bpe_vocab_size", type=int, help="With --tokenizer bpe.", default_text="1000")
+@_option("--val-fraction", type=float, help="As for train.")
+@_option("--test-fraction", type=float, help="As for train.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where prepared/ goes.  [default: $TEXTRNN_DATA_DIR, else corpora/, else ~/.cache/textrnn]",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def prepare(corpus, data_dir, json_output, **options):
+    """Tokenize a large corpus in a stream into a cache that `train` memory-maps (train does this itself, on first
+    use, for files of 64 MB or more). Memory stays bounded by 16 MB pieces, not the corpus."""
+    import resource
+
+    from textrnn.corpus import load_splits
+
+    config = TrainConfig(corpus=corpus, max_steps=1, **given(options, TrainConfig))
+    started = time.perf_counter()
+    tokenizer, splits, data = load_splits(config, data_dir, always_prepare=True)
+    result = {
+        "cache": data.get("prepared"),
+        "tokens": {name: int(len(split)) for name, split in splits.items()},
+        "vocab_size": tokenizer.vocab_size,
+        "seconds": time.perf_counter() - started,
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if json_output:
+        click.echo(json.dumps(result))
+    else:
+        tokens = result["tokens"]
+        click.echo(
+            f"{tokens['train']:,} train / {tokens['val']:,} val / {tokens['test']:,} test tokens "
+            f"({result['vocab_size']:,} in the vocabulary) in {result['cache']}; "
+            f"{result['seconds']:.1f} s, peak memory {result['peak_memory_mb']:,.0f} MB"
+        )
+
+
+@cli.command()
 @click.option("--quick", is_flag=True, help="The d2l size and a few configurations only: under a minute.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=int, help="torch threads in every measurement.  [default: torch's choice]")

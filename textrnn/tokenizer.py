@@ -245,7 +245,9 @@ class BpeTokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        backend.train_from_iterator(_pieces(normalized_training_text), trainer)
+        texts = normalized_training_text
+        pieces = _pieces(texts) if isinstance(texts, str) else (piece for text in texts for piece in _pieces(text))
+        backend.train_from_iterator(pieces, trainer)
         normalizer = make_normalizer(normalize)
         if normalizer is not None:
             backend.normalizer = normalizer
