@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 from datetime import datetime
@@ -234,6 +235,8 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
     if out is None:
         out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
     summary = _train_with_progress(model_config, train_config, out, resume=resume, data_dir=data_dir)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the first process reports for all
+        sys.exit(130 if summary["interrupted"] else 0)
     interrupted = summary.pop("interrupted")
     summary.pop("parameters")
     skipped = summary.pop("skipped_steps")

@@ -8,6 +8,7 @@ losses are summed on the device and read every ``LOG_EVERY`` steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -19,6 +20,7 @@ from torch.nn import functional as F
 from textrnn import checkpoint, corpus
 from textrnn.batching import Batches
 from textrnn.config import LIMITS, ModelConfig, TrainConfig
+from textrnn.distributed import World
 from textrnn.errors import TextrnnError
 from textrnn.evaluate import cross_entropy_sum, metrics_from_sum
 from textrnn.models import CharLM
@@ -149,7 +151,12 @@ def train(
         tokenizer, splits, data = corpus.load_splits(train_config, data_dir)
         model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
 
-    device = resolve_device(train_config.device)
+    world = World()
+    device = world.device(resolve_device(train_config.device))
+    world.start(device)
+    if not world.main:  # one process speaks and writes: the others train in step with it
+        report = lambda event, info: None  # noqa: E731
+    rows = world.rows(train_config.batch_size)
     torch.manual_seed(train_config.seed)
     model = CharLM(model_config).to(device)
     train_tokens = torch.from_numpy(splits["train"]).to(device)
@@ -160,6 +167,8 @@ def train(
     )
     optimizer = build_optimizer(model, train_config)
     progress = _Progress(train_config, batches.per_epoch)
+    # With several processes, DDP averages the gradients of their rows: the gradient of the global batch.
+    stepper = torch.nn.parallel.DistributedDataParallel(model) if world.active else model
 
     counters = {
         "step": 0,
@@ -170,6 +179,7 @@ def train(
         "train_time": 0.0,
         "best_val": math.inf,
         "skipped_steps": 0,
+        "world_size": world.size,
     }
     bad_in_a_row = 0
     first_step = counters["step"]
@@ -181,10 +191,16 @@ def train(
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["trainer"]["optimizer"])
+        saved_world = saved["trainer"]["counters"].get("world_size", 1)
+        if saved_world != world.size:
+            raise TextrnnError(
+                f"{out_dir} was trained by {saved_world} process(es) and is resumed by {world.size}: the carried "
+                f"state and the data order belong to the old layout; resume with {saved_world} process(es)"
+            )
         counters.update(saved["trainer"]["counters"])
         _set_rng_state(saved["trainer"]["rng"])
-        hidden = map_state(lambda tensor: tensor.to(device), saved["trainer"]["hidden"])
-    elif not resume:
+        hidden = map_state(lambda tensor: tensor[:, rows].to(device), saved["trainer"]["hidden"])
+    elif not resume and world.main:
         config = checkpoint.run_config(model_config, train_config, data["normalize"], data)
         checkpoint.start_run(out_dir, config, tokenizer)
 
@@ -231,7 +247,7 @@ def train(
         counters["train_time"] = train_time_at_start + (started - segment_start) - eval_time
         total, count = cross_entropy_sum(model, val_tokens, train_config.num_steps)
         metrics = metrics_from_sum(float(total), count, val_characters)
-        train_ppl = _exp(float(window_sum) / window_steps) if window_steps else last["train_perplexity"]
+        train_ppl = _exp(float(world.mean(window_sum)) / window_steps) if window_steps else last["train_perplexity"]
         window_sum, window_steps = torch.zeros((), device=device), 0
         last.update(
             train_perplexity=train_ppl, val_perplexity=metrics["perplexity"], val_bits_per_char=metrics["bits_per_char"]
@@ -246,6 +262,7 @@ def train(
         improved = save and metrics["perplexity"] < counters["best_val"]
         if improved:
             counters["best_val"] = metrics["perplexity"]
+        if improved and world.main:
             checkpoint.write_tensors(
                 out_dir / "best.pt",
                 {"model": model.state_dict(), "step": counters["step"], "val_perplexity": metrics["perplexity"]},
@@ -262,27 +279,41 @@ def train(
             "best_val_perplexity": counters["best_val"],
             "tokens_per_sec": counters["tokens"] / max(counters["train_time"], 1e-9),
         }
-        if save:  # not when a finished run is resumed with nothing left to do
+        every_row = world.gather_rows(hidden) if save else None  # every process takes part in the gather
+        if save and world.main:  # not when a finished run is resumed with nothing left to do
             trainer_state = {
                 "optimizer": optimizer.state_dict(),
                 "counters": dict(counters),
                 "rng": _rng_state(),
-                "hidden": map_state(lambda tensor: tensor.detach().cpu(), hidden),
+                "hidden": map_state(lambda tensor: tensor.detach().cpu(), every_row),
             }
             checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
             checkpoint.append_metrics(out_dir, record)
         eval_time += time.perf_counter() - started
         report("eval", dict(record, improved=improved))
 
-    with checkpoint.locked(out_dir):  # one trainer per run directory
+    def agreed_stop() -> tuple[bool, bool]:
+        """(interrupted, finished), the same in every process (a time limit is read from the slowest clock)."""
+        nonlocal shared_elapsed
+        stop = should_stop is not None and should_stop()
+        if not world.active:
+            return stop, finished()
+        stop, shared_elapsed = world.agree(stop, elapsed())
+        return stop, progress(counters["step"], shared_elapsed) >= 1.0
+
+    shared_elapsed = elapsed_at_start
+    done = finished()
+    with checkpoint.locked(out_dir) if world.main else contextlib.nullcontext():  # one trainer per run directory
         model.train()
-        while not (finished() or interrupted):
+        while not (done or interrupted):
             for inputs, targets in batches.epoch(counters["epoch"], counters["batch"]):
-                lr = learning_rate(train_config, counters["step"], progress(counters["step"], elapsed()))
+                inputs, targets = inputs[rows], targets[rows]
+                now = shared_elapsed if world.active else elapsed()
+                lr = learning_rate(train_config, counters["step"], progress(counters["step"], now))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits, hidden = model(inputs, detach_state(hidden) if carry_state else None)
+                    logits, hidden = stepper(inputs, detach_state(hidden) if carry_state else None)
                 if bf16 and hidden is not None:  # carry the state in fp32 like the weights
                     hidden = map_state(lambda tensor: tensor.float(), hidden)
                 if infill:  # each position predicts its own token from both sides
@@ -307,8 +338,8 @@ def train(
                             f"(at step {counters['step']}): lower --lr or check the data; "
                             f"{_kept(out_dir)}"
                         )
-                    interrupted = should_stop is not None and should_stop()
-                    if finished() or interrupted:
+                    interrupted, done = agreed_stop()
+                    if done or interrupted:
                         break
                     continue
                 bad_in_a_row = 0
@@ -319,7 +350,7 @@ def train(
                 window_steps += 1
                 counters["step"] += 1
                 counters["batch"] += 1
-                counters["tokens"] += inputs.numel()
+                counters["tokens"] += inputs.numel() * world.size
                 step = counters["step"]
                 report("step", {"step": step, "progress": progress(step, elapsed())})
                 if step % LOG_EVERY == 0:
@@ -328,7 +359,7 @@ def train(
                         "log",
                         {
                             "step": step,
-                            "train_perplexity": _exp(float(loss_sum) / loss_steps),
+                            "train_perplexity": _exp(float(world.mean(loss_sum)) / loss_steps),
                             "tokens_per_sec": counters["tokens"] / max(train_time, 1e-9),
                             "lr": lr,
                         },
@@ -336,8 +367,8 @@ def train(
                     loss_sum, loss_steps = torch.zeros((), device=device), 0
                 if step % train_config.eval_every == 0:
                     evaluate_and_save()
-                interrupted = should_stop is not None and should_stop()
-                if finished() or interrupted:
+                interrupted, done = agreed_stop()
+                if done or interrupted:
                     break
             else:  # the epoch ran to its end: the next one starts with a fresh state
                 counters["epoch"] += 1
@@ -362,4 +393,5 @@ def train(
             "skipped_steps": counters["skipped_steps"],
         }
         report("end", summary)
-        return summary
+    world.close()
+    return summary
