@@ -229,3 +229,8 @@ def test_unicode_text_trains_samples_and_evaluates_with_every_tokenizer(tmp_path
         assert evaluated["bits_per_char"] < evaluated["cross_entropy"] / 0.6931
     else:
         assert evaluated["bits_per_char"] == pytest.approx(evaluated["cross_entropy"] / 0.69314718, rel=1e-6)
+
+
+def test_infill_needs_the_character_tokenizer(tiny_corpus):
+    result = invoke("train", "--corpus", tiny_corpus, "--task", "infill", "--tokenizer", "byte", *TINY)
+    assert result.exit_code == 1 and "--task infill fills one character per blank" in result.stderr

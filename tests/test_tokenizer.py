@@ -113,3 +113,15 @@ def test_bpe_learns_words_round_trips_any_text_and_counts_characters(tmp_path):
     with pytest.raises(TextrnnError, match="not a textrnn BPE tokenizer"):
         path.write_text(CharTokenizer.build("abc", "none").to_json())
         load_tokenizer(path, "bpe")
+
+
+def test_long_text_is_encoded_in_pieces_that_cut_no_word_or_merged_run():
+    from textrnn.tokenizer import BpeTokenizer
+
+    d2l = CharTokenizer.build("abcdef ", "d2l")
+    assert d2l.decode(d2l.encode_compact("Abc!! def", chunk=4)) == "abc def"  # one space, as in one piece
+    bpe = BpeTokenizer.build("the <unk> said the time traveller " * 50, "none", 300)
+    text = "the time traveller said " * 300
+    assert bpe.encode_compact(text, chunk=500).tolist() == bpe.encode(text).tolist()
+    literal = bpe.encode("a <unk> b")  # the five characters are text, not the unknown token
+    assert bpe.decode(literal) == "a <unk> b" and bpe.count_characters(literal) == 9

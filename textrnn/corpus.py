@@ -126,7 +126,7 @@ def split(length: int, val_fraction: float, test_fraction: float) -> tuple[slice
 def _prepared(config, path: Path, normalize: str, directory: Path | None, tokenizer, always: bool = False):
     """The splits from the streamed cache of ``textrnn prepare``: used when it exists for these settings,
     and made first for a file of ``LARGE_FILE`` bytes or more. None for smaller files without a cache."""
-    from textrnn.prepare import LARGE_FILE, cache_dir, load_prepared, prepare
+    from textrnn.prepare import LARGE_FILE, _complete, cache_dir, load_prepared, prepare
 
     if not path.is_file():
         return None
@@ -144,7 +144,7 @@ def _prepared(config, path: Path, normalize: str, directory: Path | None, tokeni
     if size < LARGE_FILE and not any((root / "prepared").glob(f"{path.stem}-*")):
         return None  # small and never prepared: read it whole (no hashing needed to know)
     sha1 = sha1_of(path)
-    if size < LARGE_FILE and not (cache_dir(path, sha1, settings, root) / "meta.json").is_file():
+    if size < LARGE_FILE and not _complete(cache_dir(path, sha1, settings, root)):
         return None
     cached_tokenizer, splits, meta = load_prepared(prepare(path, sha1, settings, root))
     if tokenizer is not None and tokenizer.to_json() != cached_tokenizer.to_json():

@@ -10,6 +10,7 @@ Without ``WORLD_SIZE`` (or with 1) every helper here is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -76,6 +77,24 @@ class World:
         values = torch.tensor([float(stop), elapsed], dtype=torch.float64, device=device)
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
         return bool(values[0]), float(values[1])
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """The first process does the work inside first (preparing a corpus cache); the others then do it
+        (and find the cache made)."""
+        if self.active and not self.main:
+            dist.barrier()
+        yield
+        if self.active and self.main:
+            dist.barrier()
+
+    def gather_objects(self, value) -> list | object:
+        """``value`` from every process, as a list in rank order (``value`` itself with one process)."""
+        if not self.active:
+            return value
+        values = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
 
     def gather_rows(self, state):
         """The carried state of every process, its rows back in global order (dimension 1: the batch)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,32 +24,15 @@ import numpy as np
 
 from textrnn.atomic import atomic_write
 from textrnn.errors import TextrnnError
-from textrnn.tokenizer import build_tokenizer, load_tokenizer, make_normalizer
+from textrnn.tokenizer import build_tokenizer, cut_point, is_letter, load_tokenizer, make_normalizer
 
 STREAM_BYTES = 16 << 20  # read at a time
 LARGE_FILE = 64 << 20  # `train` prepares files at least this large on first use
 SPLITS = ("train", "val", "test")
 
 
-def _is_letter(char: str) -> bool:
-    return "A" <= char <= "Z" or "a" <= char <= "z"
-
-
-def _cut(text: str, d2l: bool) -> int:
-    """Where to end a piece so that no word (and, for ``d2l``, no run of non-letters) is cut in two:
-    before the last space, or before the last run of non-letters. 0: nowhere (the piece waits for more)."""
-    if not d2l:
-        return max(text.rfind(" "), 0)
-    end = len(text)
-    while end > 0 and _is_letter(text[end - 1]):  # a word that may go on in the next block
-        end -= 1
-    while end > 0 and not _is_letter(text[end - 1]):  # the run of non-letters before it
-        end -= 1
-    return end
-
-
 def normalized_pieces(path: Path, normalize: str) -> Iterator[str]:
-    """The file's text, normalized, piece by piece, each ending where ``_cut`` says: no word is cut in two
+    """The file's text, normalized, piece by piece, each ending where ``cut_point`` says: no word is cut in two
     (so BPE sees the words whole), nor a run that the ``d2l`` normalizer turns into one space."""
     normalizer = make_normalizer(normalize)
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -67,8 +51,8 @@ def normalized_pieces(path: Path, normalize: str) -> Iterator[str]:
             offset += len(block)
             carry = ""
             if not final:
-                cut = _cut(text, normalizer is not None)
-                if cut == 0 and normalizer is not None and not any(map(_is_letter, text)):
+                cut = cut_point(text, normalizer is not None)
+                if cut == 0 and normalizer is not None and not any(map(is_letter, text)):
                     text, carry = "", normalizer.normalize_str(text)  # no letter at all: one space at most
                 elif cut > 0:
                     text, carry = text[:cut], text[cut:]
@@ -111,7 +95,7 @@ def prepare(path: Path, sha1: str, settings: dict, root: Path, report=None) -> P
 
     report = report or (lambda stage, info: None)
     target = cache_dir(path, sha1, settings, root)
-    if (target / "meta.json").is_file():
+    if _complete(target):
         return target
     started = time.perf_counter()
     total = 0
@@ -140,7 +124,7 @@ def prepare(path: Path, sha1: str, settings: dict, root: Path, report=None) -> P
         tokenizer = build_tokenizer(settings["tokenizer"], "", settings["normalize"])
     report("vocabulary", {"vocab_size": tokenizer.vocab_size})
 
-    work = target.with_name(target.name + ".partial")
+    work = target.with_name(f"{target.name}.partial-{os.getpid()}")  # each writer its own: runs may race
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     counts = dict.fromkeys(SPLITS, 0)
@@ -153,6 +137,9 @@ def prepare(path: Path, sha1: str, settings: dict, root: Path, report=None) -> P
             ids.tofile(outputs[name])
             counts[name] += len(ids)
             characters[name] += len(text)
+        for handle in outputs.values():  # the arrays are on disk before meta.json says they are complete
+            handle.flush()
+            os.fsync(handle.fileno())
     finally:
         for handle in outputs.values():
             handle.close()
@@ -168,10 +155,28 @@ def prepare(path: Path, sha1: str, settings: dict, root: Path, report=None) -> P
         "seconds": time.perf_counter() - started,
     }
     atomic_write(work / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    if _complete(target):  # another process finished first: keep its cache
+        shutil.rmtree(work, ignore_errors=True)
+        return target
     shutil.rmtree(target, ignore_errors=True)
-    work.rename(target)
+    try:
+        work.rename(target)
+    except OSError:  # another process renamed its copy in between
+        shutil.rmtree(work, ignore_errors=True)
+        if not _complete(target):
+            raise
     report("encoded", meta)
     return target
+
+
+def _complete(target: Path) -> bool:
+    """A cache with meta.json and arrays of the sizes it states (a crash mid-write leaves none of that)."""
+    try:
+        meta = json.loads((target / "meta.json").read_text())
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        return all((target / f"{name}.bin").stat().st_size == meta["tokens"][name] * itemsize for name in SPLITS)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def load_prepared(target: Path):

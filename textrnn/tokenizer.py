@@ -20,6 +20,24 @@ UNK = "<unk>"
 _CHUNK = 1 << 16  # characters per piece handed to the (parallel) batch encoder
 
 
+def is_letter(char: str) -> bool:
+    return "A" <= char <= "Z" or "a" <= char <= "z"
+
+
+def cut_point(text: str, d2l: bool) -> int:
+    """Where to end a piece of ``text`` so that no word (BPE sees words whole) and, for ``d2l``, no run of
+    non-letters (which the normalizer turns into one space) is cut in two: before the last space, or
+    before the last run of non-letters. 0: nowhere."""
+    if not d2l:
+        return max(text.rfind(" "), 0)
+    end = len(text)
+    while end > 0 and is_letter(text[end - 1]):  # a word that may go on in the next piece
+        end -= 1
+    while end > 0 and not is_letter(text[end - 1]):  # the run of non-letters before it
+        end -= 1
+    return end
+
+
 def make_normalizer(mode: str):
     if mode == "d2l":
         return normalizers.Sequence([normalizers.Replace(Regex("[^A-Za-z]+"), " "), normalizers.Lowercase()])
@@ -98,9 +116,14 @@ class CharTokenizer:
     def encode_compact(self, text: str, chunk: int = 1 << 20) -> np.ndarray:
         """``encode`` for a whole corpus: ``chunk`` characters at a time into ``storage_dtype``, so the
         temporaries stay a few MB and the result takes one or two bytes per character, not eight."""
-        pieces = [
-            self.encode(text[start : start + chunk]).astype(self.storage_dtype) for start in range(0, len(text), chunk)
-        ]
+        d2l = self.backend.normalizer is not None
+        pieces, start = [], 0
+        while start < len(text):
+            end = min(len(text), start + chunk)
+            if end < len(text):  # never inside a word or a run the normalizer merges
+                end = start + (cut_point(text[start:end], d2l) or end - start)
+            pieces.append(self.encode(text[start:end]).astype(self.storage_dtype))
+            start = end
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=self.storage_dtype)
 
     def encode_with_backend(self, text: str) -> np.ndarray:
@@ -224,6 +247,8 @@ class BpeTokenizer:
         self.backend = tokenizer
         if tokenizer.token_to_id(UNK) != 0 or type(tokenizer.model).__name__ != "BPE":
             raise TextrnnError("tokenizer.json is not a textrnn BPE tokenizer (no BPE model with <unk> at id 0)")
+        # "<unk>" written in the text is text, not the special token (set on every load: not in tokenizer.json).
+        tokenizer.encode_special_tokens = True
         self.vocab_size = tokenizer.get_vocab_size()
         self.unk_id = 0
         byte_of = {char: value for value, char in enumerate(_printable_bytes())}

@@ -105,6 +105,23 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _join(train_config: TrainConfig) -> tuple[World, torch.device]:
+    """This process's place among the training processes (one, without torchrun) and its device."""
+    world = World()
+    device = world.device(resolve_device(train_config.device))
+    world.start(device)
+    return world, device
+
+
+def _check_world(saved: dict, world: World, out_dir: Path) -> None:
+    saved_world = saved["trainer"]["counters"].get("world_size", 1)
+    if saved_world != world.size:
+        raise TextrnnError(
+            f"{out_dir} was trained by {saved_world} process(es) and is resumed by {world.size}: the carried "
+            f"state and the data order belong to the old layout; resume with {saved_world} process(es)"
+        )
+
+
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -142,23 +159,34 @@ def train(
                 raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
         # else: stopped before its first checkpoint, so it starts again from step 0
         tokenizer = load_tokenizer(out_dir / "tokenizer.json", stored["tokenizer"].get("type", "char"))
-        tokenizer, splits, data = corpus.load_splits(train_config, data_dir, tokenizer)
+        world, device = _join(train_config)
+        if saved is not None:
+            _check_world(saved, world, out_dir)
+        with world.main_first():  # a large corpus is prepared once, by the first process
+            tokenizer, splits, data = corpus.load_splits(train_config, data_dir, tokenizer)
         if data["sha1"] != stored["data"]["sha1"]:
             raise TextrnnError(
                 f"the corpus {data['path']} changed since the run began (sha1 differs): it cannot be resumed"
             )
     else:
-        tokenizer, splits, data = corpus.load_splits(train_config, data_dir)
+        if model_config.task == "infill" and train_config.tokenizer != "char":
+            raise TextrnnError("--task infill fills one character per blank: use --tokenizer char")
+        world, device = _join(train_config)
+        with world.main_first():
+            tokenizer, splits, data = corpus.load_splits(train_config, data_dir)
         model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
 
-    world = World()
-    device = world.device(resolve_device(train_config.device))
-    world.start(device)
     if not world.main:  # one process speaks and writes: the others train in step with it
         report = lambda event, info: None  # noqa: E731
-    rows = world.rows(train_config.batch_size)
+    if train_config.precision == "bf16" and device.type == "cuda" and model_config.backend == "fused":
+        raise TextrnnError(
+            "--precision bf16 on a GPU would run cuDNN's recurrent kernels in fp16 (autocast's rule for them), "
+            "without loss scaling: use --backend scratch with bf16, or --precision fp32"
+        )
     torch.manual_seed(train_config.seed)
     model = CharLM(model_config).to(device)
+    if world.active:  # the same initial weights everywhere, then each process its own dropout masks
+        torch.manual_seed((train_config.seed + world.rank) % 2**63)
     train_tokens = torch.from_numpy(splits["train"]).to(device)
     val_tokens = torch.from_numpy(splits["val"]).to(device)
     val_characters = tokenizer.count_characters(splits["val"][1:])  # bits per character, whatever the tokens
@@ -191,15 +219,12 @@ def train(
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["trainer"]["optimizer"])
-        saved_world = saved["trainer"]["counters"].get("world_size", 1)
-        if saved_world != world.size:
-            raise TextrnnError(
-                f"{out_dir} was trained by {saved_world} process(es) and is resumed by {world.size}: the carried "
-                f"state and the data order belong to the old layout; resume with {saved_world} process(es)"
-            )
         counters.update(saved["trainer"]["counters"])
-        _set_rng_state(saved["trainer"]["rng"])
-        hidden = map_state(lambda tensor: tensor[:, rows].to(device), saved["trainer"]["hidden"])
+        rng = saved["trainer"]["rng"]
+        _set_rng_state(rng[world.rank] if isinstance(rng, list) else rng)  # a list: one per process
+        hidden = map_state(
+            lambda tensor: tensor[:, world.rows(train_config.batch_size)].to(device), saved["trainer"]["hidden"]
+        )
     elif not resume and world.main:
         config = checkpoint.run_config(model_config, train_config, data["normalize"], data)
         checkpoint.start_run(out_dir, config, tokenizer)
@@ -279,12 +304,13 @@ def train(
             "best_val_perplexity": counters["best_val"],
             "tokens_per_sec": counters["tokens"] / max(counters["train_time"], 1e-9),
         }
-        every_row = world.gather_rows(hidden) if save else None  # every process takes part in the gather
+        every_row = world.gather_rows(hidden) if save else None  # every process takes part in the gathers
+        every_rng = world.gather_objects(_rng_state()) if save else None
         if save and world.main:  # not when a finished run is resumed with nothing left to do
             trainer_state = {
                 "optimizer": optimizer.state_dict(),
                 "counters": dict(counters),
-                "rng": _rng_state(),
+                "rng": every_rng,
                 "hidden": map_state(lambda tensor: tensor.detach().cpu(), every_row),
             }
             checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
@@ -301,6 +327,7 @@ def train(
         stop, shared_elapsed = world.agree(stop, elapsed())
         return stop, progress(counters["step"], shared_elapsed) >= 1.0
 
+    rows = world.rows(train_config.batch_size)
     shared_elapsed = elapsed_at_start
     done = finished()
     with checkpoint.locked(out_dir) if world.main else contextlib.nullcontext():  # one trainer per run directory
