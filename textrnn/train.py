@@ -28,6 +28,7 @@ from textrnn.nn import detach_state, map_state
 from textrnn.tokenizer import load_tokenizer
 
 LOG_EVERY = 50  # steps between reads of the running loss (one host sync each)
+AGREE_EVERY = 10  # with several processes: steps between agreements on stopping (one collective each)
 
 
 def _exp(value: float) -> float:
@@ -319,13 +320,17 @@ def train(
         report("eval", dict(record, improved=improved))
 
     def agreed_stop() -> tuple[bool, bool]:
-        """(interrupted, finished), the same in every process (a time limit is read from the slowest clock)."""
+        """(interrupted, finished), the same in every process. With several processes they compare notes
+        every AGREE_EVERY steps only (a collective is a host sync): a stop request and the slowest clock
+        count from there, while step and epoch limits, the same everywhere, are exact."""
         nonlocal shared_elapsed
         stop = should_stop is not None and should_stop()
         if not world.active:
             return stop, finished()
-        stop, shared_elapsed = world.agree(stop, elapsed())
-        return stop, progress(counters["step"], shared_elapsed) >= 1.0
+        stop_any = False
+        if counters["step"] % AGREE_EVERY == 0:
+            stop_any, shared_elapsed = world.agree(stop, elapsed())
+        return stop_any, progress(counters["step"], shared_elapsed) >= 1.0
 
     rows = world.rows(train_config.batch_size)
     shared_elapsed = elapsed_at_start
