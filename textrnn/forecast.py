@@ -35,8 +35,15 @@ from textrnn.timeseries import (
     read_csv,
     window_indices,
 )
-from textrnn.train import LOG_EVERY, _Progress, _rng_state, _set_rng_state, build_optimizer, learning_rate
-from textrnn.train import resolve_device as resolve_device
+from textrnn.train import (
+    LOG_EVERY,
+    _Progress,
+    _rng_state,
+    _set_rng_state,
+    build_optimizer,
+    learning_rate,
+    resolve_device,
+)
 
 EVAL_BATCH = 4096  # windows per forward pass when scoring
 
