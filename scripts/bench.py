@@ -6,7 +6,10 @@ per cell, backend and size, each next to a d2l-style loop measured in the same r
     python scripts/bench.py --device cuda --json bench-cuda.json
 """
 
-from textrnn.bench import main
+import sys
+
+from textrnn.cli import main
 
 if __name__ == "__main__":
+    sys.argv = ["textrnn", "bench", *sys.argv[1:]]
     main()

@@ -11,7 +11,7 @@ import torch
 from textrnn import checkpoint, load_checkpoint
 from textrnn.config import ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
-from textrnn.train import train
+from textrnn.lm_task import train
 
 from conftest import TINY_MODEL, TINY_TRAIN
 

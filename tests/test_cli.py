@@ -137,7 +137,8 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_a_model_too_large_for_memory_is_a_clear_error(tiny_corpus):
-    result = invoke("train", "--corpus", tiny_corpus, "--hidden-size", 10**9, "--num-layers", 1, "--device", "cpu")
+    result = invoke("train", "--corpus", tiny_corpus, "--hidden-size", 10**9, "--num-layers", 1, "--device", "cpu",
+                    "--batch-size", 2, "--num-steps", 8)  # fmt: skip
     assert result.exit_code == 1 and result.stderr.startswith("error: out of memory")
 
 

@@ -58,3 +58,32 @@ def test_a_distributed_run_resumes_exactly_with_its_world_size_only(corpus, tmp_
     assert train(corpus, straight, 2, "--max-steps", "8", *constant).returncode == 0
     weights = [torch.load(path / "last.pt", weights_only=True)["model"] for path in (run, straight)]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def forecast(csv_path, out, processes: int, *extra):
+    options = ["--csv", str(csv_path), "--time-col", "time", "--target", "load", "--lookback", "24",
+               "--hidden-size", "8", "--batch-size", "30", "--eval-every", "5", "--warmup-steps", "0",
+               "--dropout", "0", "--device", "cpu", "--threads", "1"]  # fmt: skip
+    command = [sys.executable, "-m", "textrnn", "forecast", "train", *options, "--out", str(out), *extra]
+    if processes > 1:
+        command[1:3] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", "textrnn"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_forecasting_with_two_processes_follows_one_with_the_same_global_batch(tmp_path):
+    from test_forecast import sine_csv
+
+    series = sine_csv(tmp_path / "load.csv", hours=24 * 12, noise=1.0)
+    one, two = tmp_path / "one", tmp_path / "two"
+    # 20 steps over epochs of 213 windows in batches of 30: short last batches split unevenly (2 and 1 rows).
+    assert forecast(series, one, 1, "--max-steps", "20").returncode == 0
+    result = forecast(series, two, 2, "--max-steps", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 20 and "test" in summary  # one process reported
+    for single, double in zip(metrics(one), metrics(two), strict=True):
+        assert single["step"] == double["step"] and single["windows"] == double["windows"]
+        for key in ("train_loss", "val_smape"):
+            assert double[key] == pytest.approx(single[key], rel=1e-4), (key, single, double)
+    weights = [torch.load(run / "last.pt", weights_only=True)["model"] for run in (one, two)]
+    assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-5) for name in weights[0])

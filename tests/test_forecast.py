@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from textrnn.cli import cli
 from textrnn.config import ForecastConfig
 from textrnn.errors import TextrnnError
-from textrnn.forecast import train_forecaster
+from textrnn.forecast_task import train_forecaster
 
 TINY_FORECAST = {
     "lookback": 24,

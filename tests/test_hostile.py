@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from textrnn.batching import Batches
 from textrnn.cli import cli
 from textrnn.config import ModelConfig, SampleConfig, TrainConfig
-from textrnn.corpus import load_splits
 from textrnn.errors import TextrnnError
+from textrnn.lm_task import train
 from textrnn.sample import generate
+from textrnn.text_data import load_splits
 from textrnn.tokenizer import CharTokenizer
-from textrnn.train import train
 
 from conftest import TINY_CLI, TINY_MODEL, TINY_TEXT, TINY_TRAIN
 

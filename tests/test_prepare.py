@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from textrnn import prepare as preparing
 from textrnn.cli import cli
 from textrnn.config import TrainConfig
-from textrnn.corpus import load_splits
+from textrnn.text_data import load_splits
 
 from conftest import TINY_CLI
 

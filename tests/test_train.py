@@ -7,7 +7,8 @@ import torch
 from textrnn import generate, load_checkpoint
 from textrnn.config import ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
-from textrnn.train import learning_rate, train
+from textrnn.lm_task import train
+from textrnn.trainer import learning_rate
 
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN, TRAIN_JSON_KEYS
 

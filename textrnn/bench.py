@@ -2,7 +2,7 @@
 
 Every configuration runs in a fresh worker process (``python -m textrnn.bench --worker JSON``),
 so its peak memory (RSS on a CPU, max allocated on CUDA) is its own. A worker trains with
-the real trainer (``textrnn.train.train``) for a fixed time, then times evaluation (the
+the real trainer (``textrnn.lm_task.train``) for a fixed time, then times evaluation (the
 exact carried-state pass of ``textrnn eval``) and sampling (``textrnn.generate``). The
 baseline is a per-batch loop written the way the d2l book trains: one-hot inputs,
 ``nn.GRU`` in (T, B) layout, SGD, a Python gradient clip whose norm comparison syncs, and
@@ -152,8 +152,8 @@ def _peak_memory_mb(device: torch.device) -> float:
 def _textrnn_run(job: dict, device: torch.device) -> dict:
     from textrnn.config import ModelConfig, SampleConfig, TrainConfig
     from textrnn.evaluate import cross_entropy_sum
+    from textrnn.lm_task import train
     from textrnn.sample import generate
-    from textrnn.train import train
 
     size = SIZES[job["size"]]
     model_config = ModelConfig(
@@ -200,7 +200,7 @@ def _textrnn_run(job: dict, device: torch.device) -> dict:
 
 def _corpus_run(job: dict) -> dict:
     from textrnn.config import TrainConfig
-    from textrnn.corpus import load_splits
+    from textrnn.text_data import load_splits
 
     started = time.perf_counter()
     _, splits, _ = load_splits(TrainConfig(corpus=job["corpus"], normalize="none", max_steps=1))
@@ -407,15 +407,11 @@ def _columns(lines: list[tuple]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m textrnn.bench`` and ``scripts/bench.py``: the options of ``textrnn bench``."""
+    """``python -m textrnn.bench --worker JSON``: one measurement in this process, its result as JSON on stdout."""
     arguments = argv if argv is not None else sys.argv[1:]
-    if arguments[:1] == ["--worker"]:  # one measurement, in its own process
-        print(json.dumps(worker(json.loads(arguments[1]))))
-        return
-    from textrnn.cli import main as cli_main
-
-    sys.argv = ["textrnn", "bench", *(argv if argv is not None else sys.argv[1:])]
-    cli_main()
+    if arguments[:1] != ["--worker"] or len(arguments) != 2:
+        raise SystemExit("usage: python -m textrnn.bench --worker JSON  (the suite itself: textrnn bench)")
+    print(json.dumps(worker(json.loads(arguments[1]))))
 
 
 def describe(job: dict, result: dict) -> str:

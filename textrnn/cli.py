@@ -41,6 +41,7 @@ from textrnn.config import (
     OPTIMIZERS,
     PARTITIONS,
     PRECISIONS,
+    RESUMABLE,
     SCHEDULES,
     TASKS,
     ModelConfig,
@@ -147,6 +148,7 @@ _TRAINING_OPTIONS = [
     _option("--max-steps", type=int, help="Stop after this many steps."),
     _option("--max-seconds", type=float, help="Stop after this much wall time."),
     _option("--eval-every", type=int, help="Steps between validations and checkpoints."),
+    _option("--patience", type=int, help="Stop after this many validations without a better perplexity (0: never)."),
     _option("--seed", type=int, help="Random seed."),
     _option("--device", type=click.Choice(DEVICES)),
     _option(
@@ -173,11 +175,16 @@ def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]
     return ModelConfig(**given(options, ModelConfig)), TrainConfig(**given(options, TrainConfig))
 
 
-def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, printer=None):
-    """Run the trainer with a progress display; Ctrl-C / SIGTERM stop after the current step with a checkpoint."""
-    from textrnn.train import train as run_training
+def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, printer=None, tensorboard=None):
+    """Run the trainer with a progress display (and TensorBoard logs in ``tensorboard``, a directory, if given);
+    Ctrl-C / SIGTERM stop after the current step with a checkpoint."""
+    from textrnn.lm_task import train as run_training
 
     printer = printer or _TrainPrinter()
+    if tensorboard is not None and os.environ.get("RANK", "0") == "0":  # under torchrun the first process logs
+        from textrnn.tensorboard import TensorBoardLogger, tee
+
+        printer = tee(printer, TensorBoardLogger(tensorboard))
     try:
         with stop_on_signals() as should_stop:
             return run_training(
@@ -204,9 +211,14 @@ def _train_with_progress(model_config, train_config, out, resume=False, data_dir
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --out (default: the newest run) from its last checkpoint."
 )
+@click.option(
+    "--tensorboard",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also log the curves (perplexities, bits/char, lr, gradient norm, tokens/s) to TensorBoard in this directory.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
 @command
-def train(out, resume, data_dir, threads, json_output, cell, **options):
+def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **options):
     """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
     from textrnn.checkpoint import newest_run, read_config, train_config_of
 
@@ -218,7 +230,7 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
         ignored = sorted(
             name
             for name, value in {**options, "cell": cell}.items()
-            if value is not None and name not in (*LIMITS, "eval_every", "device")
+            if value is not None and name not in (*LIMITS, *RESUMABLE)
         )
         if ignored:
             click.echo(
@@ -229,15 +241,22 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
         stored = train_config_of(read_config(Path(out)))
         limits = {name: options.get(name) for name in LIMITS}
         train_config = with_limits(
-            dataclasses.replace(stored, **given({k: options.get(k) for k in ("eval_every", "device")}, TrainConfig)),
+            dataclasses.replace(stored, **given({k: options.get(k) for k in RESUMABLE}, TrainConfig)),
             **limits,
         )
     if out is None:
         out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
-    summary = _train_with_progress(model_config, train_config, out, resume=resume, data_dir=data_dir)
+    if tensorboard is not None:
+        from textrnn.tensorboard import require_tensorboard
+
+        require_tensorboard()  # before training, not after
+    summary = _train_with_progress(
+        model_config, train_config, out, resume=resume, data_dir=data_dir, tensorboard=tensorboard
+    )
     if os.environ.get("RANK", "0") != "0":  # under torchrun the first process reports for all
         sys.exit(130 if summary["interrupted"] else 0)
     interrupted = summary.pop("interrupted")
+    stopped_early = summary.pop("stopped_early")
     summary.pop("parameters")
     skipped = summary.pop("skipped_steps")
     if skipped:
@@ -249,7 +268,9 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
             f"best validation perplexity {number(summary['best_val_perplexity'])} "
             f"(last {number(summary['val_perplexity'])}, {number(summary['val_bits_per_char'])} bits/char) "
             f"after {summary['steps']:,} steps, {summary['tokens']:,} tokens, {summary['elapsed_sec']:.0f} s, "
-            f"{summary['tokens_per_sec']:,.0f} tokens/s\nsaved in {summary['checkpoint']}"
+            f"{summary['tokens_per_sec']:,.0f} tokens/s"
+            + (f", stopped early (--patience {train_config.patience})" if stopped_early else "")
+            + f"\nsaved in {summary['checkpoint']}"
         )
     if interrupted:
         click.echo(f"interrupted: continue with  textrnn train --out {out} --resume", err=True)
@@ -274,9 +295,12 @@ def train(out, resume, data_dir, threads, json_output, cell, **options):
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory for the runs, one per cell.  [default: checkpoints/compare-<date-time>]",
 )
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the runs' training curves in this PNG."
+)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
-def compare(cells, out, data_dir, threads, json_output, **options):
+def compare(cells, out, plot, data_dir, threads, json_output, **options):
     """Train several cells with the same budget and hyperparameters and tabulate the results."""
     names = [name.strip() for name in cells.split(",") if name.strip()]
     unknown = [name for name in names if name not in CELLS]
@@ -285,6 +309,10 @@ def compare(cells, out, data_dir, threads, json_output, **options):
     if not names or unknown:
         raise TextrnnError(f"--cells takes a comma-separated list of {', '.join(CELLS)}; got {cells!r}")
     configs = [_configs(options, name) for name in names]  # every config is checked before any training
+    if plot is not None:
+        from textrnn.plots import require_matplotlib
+
+        require_matplotlib()
     set_threads(threads)
     out = out or Path("checkpoints") / f"compare-{datetime.now():%Y%m%d-%H%M%S}"
     rows = []
@@ -301,6 +329,11 @@ def compare(cells, out, data_dir, threads, json_output, **options):
         click.echo(json.dumps({"runs": [json_safe(row) for row in rows]}, allow_nan=False))
     else:
         click.echo(_table(rows))
+    if plot is not None and rows:
+        from textrnn.plots import plot_runs
+
+        plot_runs([out / row["cell"] for row in rows], plot)
+        click.echo(f"training curves in {plot}", err=True)
     if len(rows) < len(names):
         sys.exit(130)
 
@@ -353,6 +386,7 @@ class _TrainPrinter(ProgressPrinter):
 
     def eval_line(self, info: dict) -> str:
         mark = " *" if info["improved"] else ""
+        mark += "  (no gain for --patience validations: stopping)" if info["stopped_early"] else ""
         return (
             f"step {info['step']:>6,}  train ppl {number(info['train_perplexity'])}  val ppl {number(info['val_perplexity'])}"
             f"  val bpc {number(info['val_bits_per_char'])}  {info['tokens_per_sec']:,.0f} tok/s  {info['elapsed_sec']:.0f} s{mark}"
@@ -374,21 +408,37 @@ class _TrainPrinter(ProgressPrinter):
 @click.option("--greedy", is_flag=True, help="Always take the most likely character.")
 @click.option("--seed", type=int, help="Random seed: the same seed gives the same text.")
 @click.option("--num-samples", type=int, default=1, show_default=True, help="Independent continuations.")
+@click.option(
+    "--stop",
+    multiple=True,
+    help="End a sample before the first occurrence of this text (not printed); repeatable. --length stays the cap.",
+)
+@click.option(
+    "--beam",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Beam search with this many beams: the most likely text (length-normalized), deterministic.",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
 def sample(checkpoint, weights, prefix, device, json_output, **options):
-    """Generate text that continues --prefix."""
+    """Generate text that continues --prefix (one sample streams to stdout as it is written)."""
     from textrnn.checkpoint import load_run
     from textrnn.config import SampleConfig
-    from textrnn.sample import generate
-    from textrnn.train import resolve_device
+    from textrnn.distributed import resolve_device
+    from textrnn.sample import generate, prompt_ids
 
     config = SampleConfig(**options)
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
     seen = tokenizer.normalize(prefix)
     if not json_output and seen.lower() != prefix.lower():
         click.echo(f"note: the model reads the prefix as {seen!r} (its training text was normalized)", err=True)
+    if not json_output and config.num_samples == 1 and config.beam == 1:
+        prompt_ids(model, tokenizer, prefix)  # a bad prefix fails before anything is written
+        _stream_sample(model, tokenizer, prefix, config)
+        return
     started = time.perf_counter()
     samples = generate(model, prefix, config, tokenizer=tokenizer)
     seconds = time.perf_counter() - started
@@ -398,6 +448,33 @@ def sample(checkpoint, weights, prefix, device, json_output, **options):
         click.echo(json.dumps({"samples": samples, "chars_per_sec": chars_per_sec}, ensure_ascii=False))
     else:
         click.echo("\n\n".join(samples))
+
+
+def _stream_sample(model, tokenizer, prefix, config) -> None:
+    """Write one sample to stdout as it is generated, flushed every 50 ms: whole characters only, so a
+    UTF-8 sequence is never cut. Ctrl-C stops it with what was written kept (exit status 130)."""
+    from textrnn.sample import iter_generate
+
+    out = sys.stdout
+    pending = [prefix]
+    flushed = time.perf_counter()
+    try:
+        for chunk in iter_generate(model, prefix, config, tokenizer=tokenizer):
+            pending.append(chunk.text)
+            if time.perf_counter() - flushed > 0.05:
+                out.write("".join(pending))
+                out.flush()
+                pending, flushed = [], time.perf_counter()
+        out.write("".join(pending) + "\n")
+        out.flush()
+    except KeyboardInterrupt:
+        out.write("".join(pending) + "\n")
+        out.flush()
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:  # `textrnn sample ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 @cli.command("eval")
@@ -422,8 +499,8 @@ def sample(checkpoint, weights, prefix, device, json_output, **options):
 def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_output):
     """Cross-entropy, perplexity and bits per character, with the state carried through the whole text."""
     from textrnn.checkpoint import load_run
+    from textrnn.distributed import resolve_device
     from textrnn.evaluate import evaluate_split, evaluate_text
-    from textrnn.train import resolve_device
 
     model, tokenizer, config = load_run(checkpoint, weights, resolve_device(device))
     if text_file is not None:
@@ -460,8 +537,8 @@ def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json
     """Fill each _ in TEXT with a character predicted from both sides (a model trained with --task infill)."""
     from textrnn.checkpoint import load_run
     from textrnn.config import SampleConfig
+    from textrnn.distributed import resolve_device
     from textrnn.sample import fill as fill_blanks
-    from textrnn.train import resolve_device
 
     config = SampleConfig(greedy=not draw, temperature=temperature, top_k=top_k, seed=seed)
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
@@ -493,7 +570,7 @@ def prepare(corpus, data_dir, json_output, **options):
     use, for files of 64 MB or more). Memory stays bounded by 16 MB pieces, not the corpus."""
     import resource
 
-    from textrnn.corpus import load_splits
+    from textrnn.text_data import load_splits
 
     config = TrainConfig(corpus=corpus, max_steps=1, **given(options, TrainConfig))
     started = time.perf_counter()
@@ -535,7 +612,7 @@ def bench(quick, device, threads, corpus, json_path):
     from textrnn.bench import run_suite
 
     if device == "cuda":
-        from textrnn.train import resolve_device
+        from textrnn.distributed import resolve_device
 
         resolve_device("cuda")  # a clear error without a GPU
     if threads is not None and not 1 <= threads <= 1024:
@@ -552,6 +629,61 @@ def bench(quick, device, threads, corpus, json_path):
         from textrnn.atomic import atomic_write
 
         atomic_write(json_path, (json.dumps(record, indent=2) + "\n").encode())
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="curves.png",
+    show_default=True,
+    help="PNG to write.",
+)
+@click.option("--title", help="Figure title.  [default: what is drawn and the run names]")
+@command
+def plot(runs, out, title):
+    """Draw training curves from the metrics.jsonl of RUNS (run directories, overlaid; default: the newest run):
+    perplexity and bits/char against tokens and wall time, or validation sMAPE for forecasting runs."""
+    from textrnn.checkpoint import newest_run
+    from textrnn.plots import plot_runs
+
+    plot_runs(list(runs) or [newest_run()], out, title)
+    click.echo(f"wrote {out}", err=True)
+
+
+@cli.command()
+@click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="Run directory (language model or forecaster).  [default: the newest run in checkpoints/]",
+)
+@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="model.onnx",
+    show_default=True,
+    help="File to write.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def export(export_format, checkpoint, weights, out, json_output):
+    """Export a run to ONNX, checked against PyTorch with onnxruntime first: a language model as its one step
+    (tokens, state) -> (logits, state), with tokenizer.json beside it; a forecaster as window -> forecast."""
+    from textrnn.export import export_run
+
+    result = export_run(checkpoint, out, weights, export_format)
+    if json_output:
+        click.echo(json.dumps(result))
+    else:
+        beside = f" and {result['tokenizer']}" if result["tokenizer"] else ""
+        click.echo(
+            f"wrote {result['out']}{beside} ({result['bytes']:,} bytes, opset {result['opset']}) from "
+            f"{result['checkpoint']}: inputs {', '.join(result['inputs'])} -> {', '.join(result['outputs'])}; "
+            f"onnxruntime agrees with PyTorch within {result['max_abs_difference']:.1e}"
+        )
 
 
 cli.add_command(forecast)

@@ -19,6 +19,7 @@ TASKS = ("causal", "infill")
 DEFAULT_EPOCHS = 40
 DEFAULT_SECONDS = 290.0
 LIMITS = ("epochs", "max_steps", "max_seconds")
+RESUMABLE = ("eval_every", "patience", "device")  # what a resumed run takes from the command line besides limits
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 PARTITIONS = ("sequential", "random")
@@ -54,6 +55,7 @@ def _check_training(config) -> None:
     _require(config.max_bad_steps >= 0, f"--max-bad-steps must be non-negative, got {config.max_bad_steps}")
     _require(config.warmup_steps >= 0, f"--warmup-steps must be non-negative, got {config.warmup_steps}")
     _require(config.eval_every >= 1, f"--eval-every must be at least 1, got {config.eval_every}")
+    _require(config.patience >= 0, f"--patience must be non-negative, got {config.patience}")
     _require(config.epochs is None or config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}")
     _require(
         config.max_steps is None or config.max_steps >= 1, f"--max-steps must be at least 1, got {config.max_steps}"
@@ -146,6 +148,7 @@ class TrainConfig:
     max_steps: int | None = None
     max_seconds: float | None = None
     eval_every: int = 200
+    patience: int = 0  # validations without a better perplexity before stopping early (0: never)
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # bf16: autocast for the training steps (validation stays fp32)
@@ -190,8 +193,22 @@ class SampleConfig:
     greedy: bool = False
     num_samples: int = 1
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # a sample ends before the first of these it writes (not included)
+    beam: int = 1  # above 1: beam search with this many beams (deterministic; no temperature, top-k, top-p)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+        _require(all(isinstance(stop, str) and stop for stop in self.stop), "--stop takes non-empty text")
+        _require(1 <= self.beam <= 1000, f"--beam must be in [1, 1000], got {self.beam}")
+        _require(
+            self.beam == 1 or (self.temperature == 1.0 and self.top_k is None and self.top_p is None and not self.greedy),
+            "--beam searches for the most likely text: it takes no --temperature, --top-k, --top-p or --greedy",
+        )
+        _require(
+            self.beam == 1 or self.num_samples <= self.beam,
+            f"--num-samples {self.num_samples} is more than --beam {self.beam}: beam search returns at most one "
+            "text per beam",
+        )
         _require(self.length >= 0, f"--length must be non-negative, got {self.length}")
         _require(
             self.greedy or 1e-3 <= self.temperature <= 1e3,
@@ -221,6 +238,7 @@ class ForecastConfig:
     time_col: str = "Datetime"
     target: tuple[str, ...] = ()
     time_format: str | None = None  # None: ISO 8601 or a common format, detected
+    dayfirst: bool | None = None  # None: day/month order decided by the data (a day above 12)
     max_gap: int = 6  # missing steps interpolated; longer gaps split the series
     calendar: str = "linear"
     lookback: int = 90
@@ -273,7 +291,6 @@ class ForecastConfig:
         _require(1 <= self.horizon <= 10_000, f"--horizon must be in [1, 10000], got {self.horizon}")
         _require(self.season is None or self.season >= 1, f"--season must be at least 1, got {self.season}")
         _require(0 <= self.max_gap <= 1_000_000, f"--max-gap must be in [0, 1000000], got {self.max_gap}")
-        _require(self.patience >= 0, f"--patience must be non-negative, got {self.patience}")
 
 
 def with_limits(config: TrainConfig, **limits) -> TrainConfig:

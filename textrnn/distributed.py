@@ -1,4 +1,4 @@
-"""Data-parallel training on PyTorch's own engine, as started by ``torchrun``.
+"""Where training runs: the device, and data parallelism on PyTorch's own engine as started by ``torchrun``.
 
 ``torchrun --nproc_per_node N -m textrnn train ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK`` set; ``train`` then joins the process group (NCCL on
@@ -18,6 +18,26 @@ import torch.distributed as dist
 
 from textrnn.errors import TextrnnError
 from textrnn.nn import map_state
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device auto|cpu|cuda|mps`` -> a device torch can use, or a clear error."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TextrnnError("--device cuda was asked for, but torch sees no CUDA GPU: use --device cpu or auto")
+    if name == "mps" and not mps:
+        raise TextrnnError("--device mps was asked for, but MPS is not available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def join(device_name: str) -> tuple[World, torch.device]:
+    """This process's place among the training processes (one, without torchrun) and its device."""
+    world = World()
+    device = world.device(resolve_device(device_name))
+    world.start(device)
+    return world, device
 
 
 class World:
@@ -53,14 +73,16 @@ class World:
         if self.started and dist.is_initialized():
             dist.destroy_process_group()
 
-    def rows(self, batch_size: int) -> slice:
-        """This process's rows of a global batch."""
-        if batch_size % self.size:
+    def rows(self, batch_size: int, strict: bool = True) -> slice:
+        """This process's rows of a global batch: equal blocks (``strict``: a carried state needs them), else
+        blocks that differ by one row at most (a short last batch of windows)."""
+        if strict and batch_size % self.size:
             raise TextrnnError(
                 f"--batch-size {batch_size} is the global batch: it must divide evenly among {self.size} processes"
             )
-        share = batch_size // self.size
-        return slice(self.rank * share, (self.rank + 1) * share)
+        share, extra = divmod(batch_size, self.size)
+        begin = self.rank * share + min(self.rank, extra)
+        return slice(begin, begin + share + (self.rank < extra))
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of ``value`` over the processes (every process calls it at the same point)."""

@@ -98,8 +98,9 @@ def evaluate_text(model, tokenizer, path, window: int = 256) -> dict:
 def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None) -> dict:
     """Exact metrics on one split of the corpus a run was trained on (checked by its sha1)."""
     from textrnn.checkpoint import train_config_of
-    from textrnn.corpus import BUILTIN, load_splits
+    from textrnn.corpus import BUILTIN
     from textrnn.errors import TextrnnError
+    from textrnn.text_data import load_splits
 
     train_config = train_config_of(run_config)
     if train_config.corpus not in BUILTIN:  # a relative path may point elsewhere from here

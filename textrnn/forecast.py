@@ -1,25 +1,23 @@
-"""Forecasting runs: train a ``Forecaster`` on CSV series, score it next to the baselines, forecast past the end.
+"""Forecasting with a ``Forecaster``: the series of a run, scores next to the baselines, forecasts past the end,
+plots. Training is ``forecast_task.train_forecaster`` on the one trainer.
 
-Like ``train.train``, nothing here prints: progress goes through ``callback(event, info)``
-(events ``start``, ``step``, ``log``, ``eval``, ``end``). A run directory holds
-``config.json`` (the config, the files with their checksums, each series' scaler and
-cleaning report), ``last.pt`` (weights and trainer state), ``best.pt`` (the weights with
-the best validation sMAPE), ``metrics.jsonl`` and ``results.json`` (the test scores).
+A forecasting run directory holds ``config.json`` (the config, the files with their checksums,
+each series' scaler and cleaning report), ``last.pt`` (weights and trainer state), ``best.pt``
+(the weights with the best validation sMAPE), ``metrics.jsonl`` and ``results.json`` (the test scores).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from textrnn import checkpoint
-from textrnn.config import LIMITS, ForecastConfig, from_dict
+from textrnn.config import ForecastConfig
+from textrnn.distributed import resolve_device
 from textrnn.errors import TextrnnError
 from textrnn.models import Forecaster
 from textrnn.timeseries import (
@@ -34,15 +32,6 @@ from textrnn.timeseries import (
     metrics,
     read_csv,
     window_indices,
-)
-from textrnn.train import (
-    LOG_EVERY,
-    _Progress,
-    _rng_state,
-    _set_rng_state,
-    build_optimizer,
-    learning_rate,
-    resolve_device,
 )
 
 EVAL_BATCH = 4096  # windows per forward pass when scoring
@@ -178,245 +167,6 @@ def score(model: Forecaster, dataset: Dataset, split: str, features: torch.Tenso
         "baselines_overall": {name: metrics(actual, forecast) for name, forecast in baselines.items()},
         "arrays": {"targets": targets, "ids": ids, "actual": actual, "predicted": predicted},
     }
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def _loss(config: ForecastConfig):
-    if config.loss == "l1":
-        return F.l1_loss
-    if config.loss == "huber":
-        return lambda predicted, target: F.huber_loss(predicted, target, delta=0.1)  # 10% of the training range
-    return F.mse_loss
-
-
-def _kept(out_dir: Path) -> str:
-    return f"the last good checkpoint in {out_dir} was kept" if (out_dir / "last.pt").exists() else "nothing was saved"
-
-
-def train_forecaster(
-    config: ForecastConfig, out_dir: str | Path, *, resume: bool = False, callback=None, should_stop=None
-) -> dict:
-    """Train a forecaster, then score its best weights on the test split next to the baselines.
-
-    ``resume=True`` continues the run in ``out_dir`` (its stored config, with the limits,
-    ``eval_every`` and ``device`` of ``config``). Returns the summary: ``test``, ``overall``,
-    ``baselines``, ``baselines_overall``, ``elapsed_sec``, ``checkpoint`` and training figures.
-    """
-    report = callback or (lambda event, info: None)
-    out_dir = Path(out_dir)
-    saved = None
-    if resume:
-        stored = checkpoint.read_config(out_dir, task="forecast")
-        limits = {name: getattr(config, name) for name in LIMITS}
-        config = dataclasses.replace(
-            from_dict(ForecastConfig, stored["forecast"]), eval_every=config.eval_every, device=config.device, **limits
-        )
-        if (out_dir / "last.pt").exists():
-            saved = checkpoint.read_tensors(out_dir / "last.pt")
-            if "trainer" not in saved:
-                raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
-    if not resume:  # stored absolute, so eval, predict and --resume find the files from any directory
-        config = dataclasses.replace(
-            config, csv=tuple(str(Path(path).resolve()) if Path(path).exists() else path for path in config.csv)
-        )
-    series, files = load_series(config)
-    if resume:
-        for now, before in zip(files, stored["data"]["files"]):
-            if now["sha256"] != before["sha256"]:
-                raise TextrnnError(f"{now['path']} changed since the run began (sha256 differs): it cannot be resumed")
-    dataset = dataset_of(config, series, season_of(config, series))
-    data = describe_data(series, files, dataset, config)
-    if not resume:
-        checkpoint.start_run(out_dir, checkpoint.forecast_run_config(config, data))
-
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = Forecaster(config, dataset.features.shape[1]).to(device)
-    features = torch.from_numpy(dataset.features).to(device)
-    values = torch.from_numpy(dataset.values).to(device)
-    train_starts = torch.from_numpy(dataset.starts["train"]).to(device)
-    per_epoch = math.ceil(len(train_starts) / config.batch_size)
-    optimizer = build_optimizer(model, config)
-    progress = _Progress(config, per_epoch)
-    loss_function = _loss(config)
-    counters = {
-        "step": 0,
-        "epoch": 0,
-        "batch": 0,
-        "windows": 0,
-        "elapsed": 0.0,
-        "train_time": 0.0,
-        "best_val": math.inf,
-        "evals_without_gain": 0,
-        "skipped_steps": 0,
-    }
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["trainer"]["optimizer"])
-        counters.update(saved["trainer"]["counters"])
-        _set_rng_state(saved["trainer"]["rng"])
-    first_step = counters["step"]
-    parameters = sum(p.numel() for p in model.parameters())
-    report(
-        "start",
-        {
-            "run_dir": str(out_dir),
-            "device": str(device),
-            "parameters": parameters,
-            "series": [(item.name, item.report) for item in series],
-            "windows": data["windows"],
-            "season": dataset.season,
-            "resumed_at": counters["step"] if resume else None,
-        },
-    )
-
-    check_steps = config.max_bad_steps > 0 and device.type == "cpu"
-    bad_in_a_row = 0
-    loss_sum, loss_steps = torch.zeros((), device=device), 0
-    last = {"val_smape": math.nan}
-    stopped_early = interrupted = False
-    segment_start = time.perf_counter()
-    elapsed_at_start, train_time_at_start, eval_time = counters["elapsed"], counters["train_time"], 0.0
-
-    def elapsed() -> float:
-        return elapsed_at_start + time.perf_counter() - segment_start
-
-    def finished() -> bool:
-        return stopped_early or progress(counters["step"], elapsed()) >= 1.0
-
-    def evaluate_and_save() -> None:
-        nonlocal eval_time, stopped_early
-        started = time.perf_counter()
-        counters["elapsed"] = elapsed()
-        counters["train_time"] = train_time_at_start + (started - segment_start) - eval_time
-        val = score(model, dataset, "val", features)["overall"]
-        last["val_smape"] = val["smape"]
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise TextrnnError(
-                f"training diverged at step {counters['step']} (the weights are not finite): lower --lr; "
-                f"{_kept(out_dir)}"
-            )
-        if not math.isfinite(val["smape"]):
-            raise TextrnnError(
-                "the validation forecasts overflow when scaled back to the data's units (the values reach "
-                f"{np.abs(dataset.raw).max():g}): rescale the data; {_kept(out_dir)}"
-            )
-        improved = val["smape"] < counters["best_val"]
-        if improved:
-            counters["best_val"] = val["smape"]
-            counters["evals_without_gain"] = 0
-            checkpoint.write_tensors(
-                out_dir / "best.pt", {"model": model.state_dict(), "step": counters["step"], "val_smape": val["smape"]}
-            )
-        else:
-            counters["evals_without_gain"] += 1
-            stopped_early = bool(config.patience) and counters["evals_without_gain"] >= config.patience
-        record = {
-            "step": counters["step"],
-            "epoch": counters["epoch"],
-            "elapsed_sec": round(counters["elapsed"], 3),
-            "lr": optimizer.param_groups[0]["lr"],
-            "val_smape": val["smape"],
-            "val_mae": val["mae"],
-            "best_val_smape": counters["best_val"],
-            "windows_per_sec": counters["windows"] / max(counters["train_time"], 1e-9),
-        }
-        trainer_state = {"optimizer": optimizer.state_dict(), "counters": dict(counters), "rng": _rng_state()}
-        checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
-        checkpoint.append_metrics(out_dir, record)
-        eval_time += time.perf_counter() - started
-        report("eval", dict(record, improved=improved, stopped_early=stopped_early))
-
-    with checkpoint.locked(out_dir):
-        model.train()
-        while not (finished() or interrupted):
-            # One shuffle per (seed, epoch): a resumed run sees the same batches in the same order.
-            generator = torch.Generator().manual_seed((config.seed * 1_000_003 + counters["epoch"]) % 2**63)
-            order = torch.randperm(len(train_starts), generator=generator).to(device)
-            for batch in range(counters["batch"], per_epoch):
-                starts = train_starts[order[batch * config.batch_size : (batch + 1) * config.batch_size]]
-                inputs, targets = window_indices(starts, config.lookback, config.horizon, xp=torch)
-                lr = learning_rate(config, counters["step"], progress(counters["step"], elapsed()))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss = loss_function(model(features[inputs]), values[targets])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                threshold = config.clip if config.clip > 0 else math.inf
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), threshold, foreach=True)
-                counters["batch"] = batch + 1
-                if check_steps and not bool(torch.isfinite(norm)):  # a free read on the CPU; see train.py
-                    optimizer.zero_grad(set_to_none=True)
-                    counters["skipped_steps"] += 1
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= config.max_bad_steps:
-                        raise TextrnnError(
-                            f"training stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
-                            f"(at step {counters['step']}): lower --lr or check the data; {_kept(out_dir)}"
-                        )
-                    continue
-                bad_in_a_row = 0
-                optimizer.step()
-                loss_sum += loss.detach()
-                loss_steps += 1
-                counters["step"] += 1
-                counters["windows"] += len(starts)
-                step = counters["step"]
-                report("step", {"step": step, "progress": progress(step, elapsed())})
-                if step % LOG_EVERY == 0:
-                    train_time = train_time_at_start + (time.perf_counter() - segment_start) - eval_time
-                    report(
-                        "log",
-                        {
-                            "step": step,
-                            "train_loss": float(loss_sum) / loss_steps,
-                            "windows_per_sec": counters["windows"] / max(train_time, 1e-9),
-                        },
-                    )
-                    loss_sum, loss_steps = torch.zeros((), device=device), 0
-                if step % config.eval_every == 0:
-                    evaluate_and_save()
-                interrupted = should_stop is not None and should_stop()
-                if finished() or interrupted:
-                    break
-            else:
-                counters["epoch"] += 1
-                counters["batch"] = 0
-        if counters["step"] > first_step and counters["step"] % config.eval_every:
-            evaluate_and_save()
-        elif not (out_dir / "best.pt").exists():
-            evaluate_and_save()
-
-    # The test scores come from the best weights by validation.
-    best = checkpoint.read_tensors(out_dir / "best.pt")
-    model.load_state_dict(best["model"])
-    results = score(model, dataset, "test", features)
-    summary = {
-        **{key: results[key] for key in ("test", "overall", "baselines", "baselines_overall")},
-        "best_val_smape": counters["best_val"],
-        "best_step": best.get("step"),
-        "steps": counters["step"],
-        "epochs": counters["epoch"] + counters["batch"] / max(per_epoch, 1),
-        "train_seconds": counters["train_time"],
-        "windows_per_sec": counters["windows"] / max(counters["train_time"], 1e-9),
-        "parameters": parameters,
-        "stopped_early": stopped_early,
-        "interrupted": interrupted,
-        "skipped_steps": counters["skipped_steps"],
-        "elapsed_sec": elapsed(),
-        "checkpoint": str(out_dir),
-    }
-    checkpoint.write_json(out_dir / "results.json", checkpoint.json_safe_tree(_public(summary)))
-    report("end", summary)
-    summary["arrays"] = results["arrays"]
-    summary["dataset"] = dataset
-    return summary
-
-
-def _public(summary: dict) -> dict:
-    return {key: value for key, value in summary.items() if key not in ("arrays", "dataset", "interrupted")}
 
 
 # ----------------------------------------------------------------------------- evaluation and prediction

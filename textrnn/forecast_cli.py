@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import io
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from textrnn.config import (
     FORECAST_LOSSES,
     LIMITS,
     OPTIMIZERS,
+    RESUMABLE,
     SCHEDULES,
     ForecastConfig,
 )
@@ -53,13 +55,23 @@ _DATA_OPTIONS = [
         expose_value=False,
         help="TOML file whose keys set any option (csv and target as lists); flags override it.",
     ),
-    _option("--csv", multiple=True, help="CSV file with a header row; repeat for several files (trained jointly)."),
+    _option(
+        "--csv",
+        multiple=True,
+        help="CSV file with a header row, or Parquet file; repeat for several files (trained jointly).",
+    ),
     _option("--time-col", help="Column holding the timestamps."),
     _option("--target", multiple=True, help="Column to forecast; repeat (or comma-separate) for several series."),
     _option(
         "--time-format",
         help="strptime format of the timestamps, e.g. '%d/%m/%Y %H:%M'.",
         default_text="detected: ISO 8601, 10/1/2004 1:00, ...",
+    ),
+    _option(
+        "--dayfirst/--monthfirst",
+        default=None,
+        help="Read ambiguous dates such as 01/02/2020 day-first (1 February) or month-first.",
+        default_text="decided by the data: a day above 12, else month-first with '/', day-first with '.' or '-'",
     ),
     _option("--max-gap", type=int, help="Missing steps filled by time interpolation; longer gaps split the series."),
 ]
@@ -150,10 +162,16 @@ def _config(options: dict, cell: str | None = None) -> ForecastConfig:
     return config
 
 
-def _run_with_progress(config: ForecastConfig, out: Path, resume: bool = False) -> dict:
-    from textrnn.forecast import train_forecaster
+def _run_with_progress(
+    config: ForecastConfig, out: Path, resume: bool = False, tensorboard: Path | None = None
+) -> dict:
+    from textrnn.forecast_task import train_forecaster
 
     printer = _Printer()
+    if tensorboard is not None:
+        from textrnn.tensorboard import TensorBoardLogger, tee
+
+        printer = tee(printer, TensorBoardLogger(tensorboard))
     try:
         with stop_on_signals() as should_stop:
             return train_forecaster(config, out, resume=resume, callback=printer, should_stop=should_stop)
@@ -245,9 +263,14 @@ def forecast() -> None:
 @click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of test forecasts vs actual."
 )
+@click.option(
+    "--tensorboard",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also log the curves (validation sMAPE and MAE, loss, lr, gradient norm, windows/s) to TensorBoard here.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
 @command
-def train_command(out, resume, plot, threads, json_output, **options):
+def train_command(out, resume, plot, tensorboard, threads, json_output, **options):
     """Train a forecaster on CSV series, then score it on the test part next to the baselines."""
     from textrnn.checkpoint import newest_run, read_config
     from textrnn.config import from_dict
@@ -260,9 +283,7 @@ def train_command(out, resume, plot, threads, json_output, **options):
     if resume:
         out = out or newest_run(task="forecast")
         ignored = sorted(
-            name
-            for name, value in options.items()
-            if value not in (None, ()) and name not in (*LIMITS, "eval_every", "device")
+            name for name, value in options.items() if value not in (None, ()) and name not in (*LIMITS, *RESUMABLE)
         )
         if ignored:
             click.echo(
@@ -274,13 +295,17 @@ def train_command(out, resume, plot, threads, json_output, **options):
         limits = {name: options.get(name) for name in LIMITS}
         if any(value is not None for value in limits.values()):
             stored = dataclasses.replace(stored, **limits)
-        config = dataclasses.replace(
-            stored, **given({k: options.get(k) for k in ("eval_every", "device")}, ForecastConfig)
-        )
+        config = dataclasses.replace(stored, **given({k: options.get(k) for k in RESUMABLE}, ForecastConfig))
     else:
         config = _config(options)
     out = out or Path("checkpoints") / f"forecast-{config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
-    summary = _run_with_progress(config, out, resume=resume)
+    if tensorboard is not None:
+        from textrnn.tensorboard import require_tensorboard
+
+        require_tensorboard()  # before training, not after
+    summary = _run_with_progress(config, out, resume=resume, tensorboard=tensorboard)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun the first process reports for all
+        sys.exit(130 if summary["interrupted"] else 0)
     if summary["skipped_steps"]:
         click.echo(
             f"warning: {summary['skipped_steps']} steps were skipped for a non-finite loss or gradient", err=True
@@ -420,9 +445,12 @@ def predict_command(checkpoint, weights, csv_files, steps, out, plot, device):
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory for the runs.  [default: checkpoints/forecast-compare-<date-time>]",
 )
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the validation sMAPE curves in this PNG."
+)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
-def compare_command(cells, out, threads, json_output, **options):
+def compare_command(cells, out, plot, threads, json_output, **options):
     """Train several cells on the same data, budget and settings (the GRU-vs-LSTM study) and tabulate them."""
     names = [name.strip() for name in cells.split(",") if name.strip()]
     if not names or any(name not in CELLS for name in names) or len(set(names)) < len(names):
@@ -430,6 +458,10 @@ def compare_command(cells, out, threads, json_output, **options):
             f"--cells takes a comma-separated list of distinct cells from {', '.join(CELLS)}; got {cells!r}"
         )
     configs = [_config(options, name) for name in names]
+    if plot is not None:
+        from textrnn.plots import require_matplotlib
+
+        require_matplotlib()
     set_threads(threads)
     out = out or Path("checkpoints") / f"forecast-compare-{datetime.now():%Y%m%d-%H%M%S}"
     runs, baselines = [], None
@@ -484,5 +516,10 @@ def compare_command(cells, out, threads, json_output, **options):
                 )
             )
         click.echo(_columns(lines))
+    if plot is not None and runs:
+        from textrnn.plots import plot_runs
+
+        plot_runs([out / run["cell"] for run in runs], plot)
+        click.echo(f"validation curves in {plot}", err=True)
     if len(runs) < len(names) or any(run["interrupted"] for run in runs):
         sys.exit(130)

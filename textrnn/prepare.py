@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from textrnn.atomic import atomic_write
+from textrnn.corpus import split
 from textrnn.errors import TextrnnError
 from textrnn.tokenizer import build_tokenizer, cut_point, is_letter, load_tokenizer, make_normalizer
 
@@ -91,11 +92,9 @@ def prepare(path: Path, sha1: str, settings: dict, root: Path, report=None) -> P
     ``settings``: normalize, tokenizer, bpe_vocab_size, val_fraction, test_fraction.
     ``report(stage, info)`` hears about each pass.
     """
-    from textrnn.corpus import split
-
     report = report or (lambda stage, info: None)
     target = cache_dir(path, sha1, settings, root)
-    if _complete(target):
+    if is_complete(target):
         return target
     started = time.perf_counter()
     total = 0
@@ -155,7 +154,7 @@ def prepare(path: Path, sha1: str, settings: dict, root: Path, report=None) -> P
         "seconds": time.perf_counter() - started,
     }
     atomic_write(work / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
-    if _complete(target):  # another process finished first: keep its cache
+    if is_complete(target):  # another process finished first: keep its cache
         shutil.rmtree(work, ignore_errors=True)
         return target
     shutil.rmtree(target, ignore_errors=True)
@@ -163,13 +162,13 @@ def prepare(path: Path, sha1: str, settings: dict, root: Path, report=None) -> P
         work.rename(target)
     except OSError:  # another process renamed its copy in between
         shutil.rmtree(work, ignore_errors=True)
-        if not _complete(target):
+        if not is_complete(target):
             raise
     report("encoded", meta)
     return target
 
 
-def _complete(target: Path) -> bool:
+def is_complete(target: Path) -> bool:
     """A cache with meta.json and arrays of the sizes it states (a crash mid-write leaves none of that)."""
     try:
         meta = json.loads((target / "meta.json").read_text())

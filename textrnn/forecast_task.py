@@ -1,0 +1,151 @@
+"""The forecasting task: a ``Forecaster`` on windows of CSV series, trained by ``trainer.fit``.
+
+``train_forecaster`` is the library's entry point (``textrnn forecast train``): it reads and
+cleans the series, builds the windows and the run directory, hands a ``ForecastTask`` to the
+one trainer, then scores the best weights on the test split next to the baselines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from textrnn import checkpoint
+from textrnn.config import LIMITS, RESUMABLE, ForecastConfig, from_dict
+from textrnn.distributed import join
+from textrnn.errors import TextrnnError
+from textrnn.forecast import dataset_of, describe_data, load_series, score, season_of
+from textrnn.models import Forecaster
+from textrnn.timeseries import Dataset, window_indices
+from textrnn.trainer import Task, fit
+
+
+def _loss(config: ForecastConfig):
+    if config.loss == "l1":
+        return F.l1_loss
+    if config.loss == "huber":
+        return lambda predicted, target: F.huber_loss(predicted, target, delta=0.1)  # 10% of the training range
+    return F.mse_loss
+
+
+class ForecastTask(Task):
+    """Shuffled batches of training windows ``(B,)`` (their start indices); validation: pooled sMAPE."""
+
+    kind = "forecast"
+    metric = "smape"
+    unit = "windows"
+    carries_state = False
+    even_rows = False  # windows are independent: a short last batch splits unevenly among processes
+
+    def __init__(self, config: ForecastConfig, dataset: Dataset, data: dict, series: list, device):
+        self.config = config
+        self.dataset = dataset
+        self.data = data
+        self.series = series
+        self.features = torch.from_numpy(dataset.features).to(device)
+        self.values = torch.from_numpy(dataset.values).to(device)
+        self.train_starts = torch.from_numpy(dataset.starts["train"]).to(device)
+        self.batch_size = config.batch_size
+        self.per_epoch = math.ceil(len(self.train_starts) / config.batch_size)
+        self.loss_function = _loss(config)
+
+    def build_model(self) -> Forecaster:
+        return Forecaster(self.config, self.dataset.features.shape[1])
+
+    def start_info(self) -> dict:
+        return {
+            "series": [(item.name, item.report) for item in self.series],
+            "windows": self.data["windows"],
+            "season": self.dataset.season,
+        }
+
+    def batches(self, epoch: int, start: int):
+        # One shuffle per (seed, epoch): a resumed run sees the same batches in the same order.
+        generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + epoch) % 2**63)
+        order = torch.randperm(len(self.train_starts), generator=generator).to(self.train_starts.device)
+        size = self.batch_size
+        for batch in range(start, self.per_epoch):
+            yield (self.train_starts[order[batch * size : (batch + 1) * size]],)
+
+    def loss(self, model, batch, state):
+        inputs, targets = window_indices(batch[0], self.config.lookback, self.config.horizon, xp=torch)
+        return self.loss_function(model(self.features[inputs]), self.values[targets]), None
+
+    def validate(self, model) -> dict:
+        val = score(model, self.dataset, "val", self.features)["overall"]
+        return {"val_smape": val["smape"], "val_mae": val["mae"]}
+
+    def invalid_validation(self, step: int) -> str:
+        return (
+            "the validation forecasts overflow when scaled back to the data's units (the values reach "
+            f"{np.abs(self.dataset.raw).max():g}): rescale the data"
+        )
+
+    def train_figures(self, mean_loss: float) -> dict:
+        return {"train_loss": mean_loss}
+
+    def summary(self, result: dict, model, main: bool) -> dict:
+        """The test scores of the best weights by validation, next to the baselines (also in results.json)."""
+        if not main:  # under torchrun the first process scores and reports
+            return result
+        started = time.perf_counter()
+        best = checkpoint.read_tensors(Path(result["checkpoint"]) / "best.pt")
+        model.load_state_dict(best["model"])
+        results = score(model, self.dataset, "test", self.features)
+        summary = {
+            **{key: results[key] for key in ("test", "overall", "baselines", "baselines_overall")},
+            "best_val_smape": result["best_val"],
+            "best_step": best.get("step"),
+            **{key: result[key] for key in ("steps", "epochs", "train_seconds", "windows_per_sec", "parameters")},
+            **{key: result[key] for key in ("stopped_early", "interrupted", "skipped_steps")},
+            "elapsed_sec": result["elapsed_sec"] + time.perf_counter() - started,
+            "checkpoint": result["checkpoint"],
+        }
+        public = {key: value for key, value in summary.items() if key != "interrupted"}
+        checkpoint.write_json(Path(result["checkpoint"]) / "results.json", checkpoint.json_safe_tree(public))
+        return {**summary, "arrays": results["arrays"], "dataset": self.dataset}
+
+
+def train_forecaster(
+    config: ForecastConfig, out_dir: str | Path, *, resume: bool = False, callback=None, should_stop=None
+) -> dict:
+    """Train a forecaster, then score its best weights on the test split next to the baselines.
+
+    ``resume=True`` continues the run in ``out_dir`` (its stored config, with the limits,
+    ``eval_every``, ``patience`` and ``device`` of ``config``). Returns the summary: ``test``, ``overall``,
+    ``baselines``, ``baselines_overall``, ``elapsed_sec``, ``checkpoint`` and training figures.
+    """
+    out_dir = Path(out_dir)
+    if resume:
+        stored = checkpoint.read_config(out_dir, task="forecast")
+        kept = {name: getattr(config, name) for name in (*LIMITS, *RESUMABLE)}
+        config = dataclasses.replace(from_dict(ForecastConfig, stored["forecast"]), **kept)
+    else:  # stored absolute, so eval, predict and --resume find the files from any directory
+        config = dataclasses.replace(
+            config, csv=tuple(str(Path(path).resolve()) if Path(path).exists() else path for path in config.csv)
+        )
+    series, files = load_series(config)
+    if resume:
+        for now, before in zip(files, stored["data"]["files"]):
+            if now["sha256"] != before["sha256"]:
+                raise TextrnnError(f"{now['path']} changed since the run began (sha256 differs): it cannot be resumed")
+    dataset = dataset_of(config, series, season_of(config, series))
+    data = describe_data(series, files, dataset, config)
+    world, device = join(config.device)
+    return fit(
+        ForecastTask(config, dataset, data, series, device),
+        config,
+        out_dir,
+        world=world,
+        device=device,
+        resume=resume,
+        run_config=checkpoint.forecast_run_config(config, data),
+        callback=callback,
+        should_stop=should_stop,
+    )

@@ -1,0 +1,98 @@
+"""The one data path for text: a corpus becomes tokenized train / validation / test splits.
+
+``load_splits`` decides, in one place, between reading the file into memory (small files)
+and the streamed, memory-mapped token cache of ``textrnn prepare`` (files of
+``prepare.LARGE_FILE`` bytes or more, or any file that already has a cache for these settings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textrnn.corpus import data_dir as default_data_dir
+from textrnn.corpus import read_text, resolve, sha1_of, split
+from textrnn.errors import TextrnnError
+from textrnn.prepare import LARGE_FILE, cache_dir, is_complete, load_prepared, prepare
+from textrnn.tokenizer import CharTokenizer, build_tokenizer, make_normalizer
+
+
+def _prepared(config, path: Path, normalize: str, directory: Path | None, tokenizer, always: bool = False):
+    """The splits from the streamed cache of ``textrnn prepare``: used when it exists for these settings,
+    and made first for a file of ``LARGE_FILE`` bytes or more. None for smaller files without a cache."""
+    if not path.is_file():
+        return None
+    settings = {
+        "normalize": normalize,
+        "tokenizer": config.tokenizer,
+        "bpe_vocab_size": config.bpe_vocab_size if config.tokenizer == "bpe" else None,
+        "val_fraction": config.val_fraction,
+        "test_fraction": config.test_fraction,
+    }
+    root = directory or default_data_dir()
+    size = path.stat().st_size
+    if always:
+        size = max(size, LARGE_FILE)
+    if size < LARGE_FILE and not any((root / "prepared").glob(f"{path.stem}-*")):
+        return None  # small and never prepared: read it whole (no hashing needed to know)
+    sha1 = sha1_of(path)
+    if size < LARGE_FILE and not is_complete(cache_dir(path, sha1, settings, root)):
+        return None
+    cached_tokenizer, splits, meta = load_prepared(prepare(path, sha1, settings, root))
+    if tokenizer is not None and tokenizer.to_json() != cached_tokenizer.to_json():
+        raise TextrnnError(
+            f"the prepared cache of {path} has another tokenizer than this run: delete it or --resume elsewhere"
+        )
+    for name in ("val", "test"):
+        if meta["tokens"][name] < 2:
+            raise TextrnnError(f"{path} is too short: its {name} split has {meta['tokens'][name]} tokens")
+    data = {
+        "corpus": config.corpus,
+        "path": str(Path(path).resolve()),
+        "sha1": sha1,
+        "normalize": normalize,
+        "tokens": meta["tokens"],
+        "characters": meta["characters"],
+        "prepared": str(cache_dir(path, sha1, settings, root)),
+    }
+    return cached_tokenizer, splits, data
+
+
+def load_splits(config, data_dir: Path | None = None, tokenizer: CharTokenizer | None = None, always_prepare=False):
+    """Read, normalize and split the corpus of a ``TrainConfig``; build the tokenizer on the training split (unless given).
+
+    A file of ``prepare.LARGE_FILE`` bytes or more (or any, with ``always_prepare``) is tokenized in a
+    stream into a cache and its splits are memory-mapped (see ``textrnn.prepare``).
+    Returns ``(tokenizer, splits, data)``: ``splits`` maps train/val/test to compact integer arrays
+    (``tokenizer.storage_dtype``: one byte per character for up to 256 tokens) and
+    ``data`` describes the corpus for the run config.
+    """
+    path, default_normalize = resolve(config.corpus, data_dir)
+    normalize = config.normalize or default_normalize or "none"
+    prepared = _prepared(config, path, normalize, data_dir, tokenizer, always_prepare)
+    if prepared is not None:
+        return prepared
+    text = read_text(path)
+    normalizer = make_normalizer(normalize)
+    if normalizer is not None:
+        text = normalizer.normalize_str(text)
+    parts = split(len(text), config.val_fraction, config.test_fraction)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(config.tokenizer, text[parts[0]], normalize, config.bpe_vocab_size)
+    # The text is split by characters, then each part is encoded: a byte tokenizer gives several ids
+    # to a character, and no character is cut between two splits.
+    splits = {name: tokenizer.encode_compact(text[part]) for name, part in zip(("train", "val", "test"), parts)}
+    for name in ("val", "test"):
+        if len(splits[name]) < 2:
+            raise TextrnnError(
+                f"{path} is too short: its {name} split has {len(splits[name])} characters; "
+                f"use a longer corpus or a larger --{name}-fraction"
+            )
+    data = {
+        "corpus": config.corpus,
+        "path": str(Path(path).resolve()),
+        "sha1": sha1_of(path),
+        "normalize": normalize,
+        "tokens": {name: int(len(split)) for name, split in splits.items()},
+        "characters": {name: part.stop - part.start for name, part in zip(("train", "val", "test"), parts)},
+    }
+    return tokenizer, splits, data

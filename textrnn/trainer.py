@@ -1,0 +1,410 @@
+"""The one trainer: every training run, language model or forecaster, goes through ``fit``.
+
+A task (``lm_task.LanguageModelTask``, ``forecast_task.ForecastTask``; the interface is
+``Task`` below) says what is trained: the model, its batches (a pure function of the
+epoch and the batch index, so a run resumes at an exact position), the loss of one batch
+(carrying recurrent state where the task has it) and a validation metric, lower is better.
+The trainer owns everything else: limits and schedule, optimizer and clipping, non-finite
+steps, the evaluation cadence, best and last checkpoints (through ``checkpoint``), early
+stopping, stop requests (Ctrl-C, SIGTERM), the run lock and data parallelism under torchrun.
+
+Nothing here prints: progress goes through ``callback(event, info)`` with events
+``start``, ``step``, ``log``, ``eval`` and ``end``, which the CLI turns into a progress bar
+and lines. There is no host synchronisation inside a training step: losses are summed on
+the device and read every ``LOG_EVERY`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from textrnn import checkpoint
+from textrnn.distributed import World
+from textrnn.errors import TextrnnError
+from textrnn.nn import detach_state, map_state
+
+LOG_EVERY = 50  # steps between reads of the running loss (one host sync each)
+AGREE_EVERY = 10  # with several processes: steps between agreements on stopping (one collective each)
+
+
+class Task:
+    """What a task gives the trainer. Batches are tuples of tensors whose first dimension is the rows of
+    the global batch; under torchrun the trainer keeps this process's rows."""
+
+    kind: str  # "charlm" | "forecast"
+    metric: str  # the validation figure that decides best weights and early stopping: val_<metric>
+    unit: str  # what a batch's first tensor counts, element by element: "tokens" | "windows"
+    per_epoch: int  # batches in one epoch
+    batch_size: int  # rows of a global batch
+    carries_state: bool  # the state left by one batch starts the next (truncated BPTT)
+    even_rows: bool  # every process must get the same number of rows (a carried state needs it)
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The global batches of ``epoch`` from batch index ``start`` on."""
+        raise NotImplementedError
+
+    def loss(self, model, batch: tuple[torch.Tensor, ...], state):
+        """``(mean loss over the batch's rows, state to carry)`` in training mode."""
+        raise NotImplementedError
+
+    def validate(self, model) -> dict:
+        """``{"val_<metric>": ..., other "val_*" figures}`` on the validation split."""
+        raise NotImplementedError
+
+    def invalid_validation(self, step: int) -> str:
+        """Why a non-finite validation figure at ``step`` stops the run (the start of the error line)."""
+        raise NotImplementedError
+
+    def train_figures(self, mean_loss: float) -> dict:
+        """The training loss as reported, e.g. ``{"train_perplexity": ...}``."""
+        raise NotImplementedError
+
+    def start_info(self) -> dict:
+        return {}
+
+    def summary(self, result: dict, model: torch.nn.Module, main: bool) -> dict:
+        """The run's result as the task reports it, from the trainer's ``result``."""
+        return result
+
+
+def learning_rate(config, step: int, progress: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay over the run's progress."""
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.schedule == "constant":
+        return config.lr * warmup
+    return config.lr * warmup * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def progress(config, per_epoch: int, step: int, elapsed: float) -> float:
+    """How far the run is towards whichever limit comes first (0..1)."""
+    fractions = []
+    if config.max_steps:
+        fractions.append(step / config.max_steps)
+    if config.max_seconds:
+        fractions.append(elapsed / config.max_seconds)
+    if config.epochs:
+        fractions.append(step / (config.epochs * per_epoch))
+    return max(fractions)
+
+
+def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
+    # Weight decay on matrices only: biases and embeddings are left alone.
+    def decays(name: str, parameter: torch.nn.Parameter) -> bool:
+        return parameter.dim() >= 2 and not name.startswith("embedding")
+
+    named = list(model.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+    ]
+    optimizer = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}.get(config.optimizer, torch.optim.AdamW)
+    return optimizer(groups, lr=config.lr)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _exp(value: float) -> float:
+    return math.exp(value) if value < 700 else math.inf
+
+
+def _kept(out_dir: Path) -> str:
+    if (out_dir / "last.pt").exists():
+        return f"the last good checkpoint in {out_dir} was kept"
+    return "no checkpoint had been written yet"
+
+
+def read_resume_state(out_dir: Path, world: World) -> dict | None:
+    """The trainer state in ``out_dir/last.pt`` (None: the run stopped before its first checkpoint)."""
+    if not (out_dir / "last.pt").exists():
+        return None
+    saved = checkpoint.read_tensors(out_dir / "last.pt")
+    if "trainer" not in saved:
+        raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
+    saved_world = saved["trainer"]["counters"].get("world_size", 1)
+    if saved_world != world.size:
+        raise TextrnnError(
+            f"{out_dir} was trained by {saved_world} process(es) and is resumed by {world.size}: the carried "
+            f"state and the data order belong to the old layout; resume with {saved_world} process(es)"
+        )
+    return saved
+
+
+def fit(
+    task: Task,
+    config,
+    out_dir: str | Path,
+    *,
+    world: World,
+    device: torch.device,
+    resume: bool = False,
+    run_config: dict | None = None,
+    tokenizer=None,
+    callback=None,
+    should_stop=None,
+) -> dict:
+    """Train ``task`` under ``config`` (a ``TrainConfig`` or ``ForecastConfig``: optimizer, limits, schedule,
+    clipping, evaluation interval, patience, seed) into ``out_dir`` and return ``task.summary`` of the result.
+
+    A new run writes ``run_config`` (and ``tokenizer``) into ``out_dir`` first; ``resume=True`` continues
+    from ``out_dir/last.pt``. ``should_stop()`` is polled after every step: when it says so, a checkpoint
+    is written and the result comes back with ``interrupted: True``.
+    """
+    report = callback if callback is not None and world.main else (lambda event, info: None)
+    out_dir = Path(out_dir)
+    saved = read_resume_state(out_dir, world) if resume else None
+    precision = getattr(config, "precision", "fp32")
+    if precision == "bf16" and device.type not in ("cpu", "cuda"):
+        raise TextrnnError(f"--precision bf16 runs on CPUs and CUDA GPUs, not on {device.type}: use --precision fp32")
+    torch.manual_seed(config.seed)
+    model = task.build_model().to(device)
+    if world.active:  # the same initial weights everywhere, then each process its own dropout masks
+        torch.manual_seed((config.seed + world.rank) % 2**63)
+    optimizer = build_optimizer(model, config)
+    # With several processes, DDP averages the gradients of their rows: the gradient of the global batch.
+    stepper = torch.nn.parallel.DistributedDataParallel(model) if world.active else model
+    counters = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        task.unit: 0,
+        "elapsed": 0.0,
+        "train_time": 0.0,
+        "best_val": math.inf,
+        "evals_without_gain": 0,
+        "skipped_steps": 0,
+        "world_size": world.size,
+    }
+    state = None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["trainer"]["optimizer"])
+        counters.update(saved["trainer"]["counters"])
+        rng = saved["trainer"]["rng"]
+        set_rng_state(rng[world.rank] if isinstance(rng, list) else rng)  # a list: one per process
+        if task.carries_state:
+            rows = world.rows(task.batch_size, strict=True)
+            state = map_state(lambda tensor: tensor[:, rows].to(device), saved["trainer"].get("hidden"))
+    elif not resume and world.main:
+        checkpoint.start_run(out_dir, run_config, tokenizer)
+
+    parameters = sum(p.numel() for p in model.parameters())
+    report(
+        "start",
+        {
+            "run_dir": str(out_dir),
+            "device": str(device),
+            "parameters": parameters,
+            "skipped_steps": counters["skipped_steps"],
+            "batches_per_epoch": task.per_epoch,
+            "resumed_at": counters["step"] if resume else None,
+            **task.start_info(),
+        },
+    )
+
+    metric = f"val_{task.metric}"
+    first_step = counters["step"]
+    check_steps = config.max_bad_steps > 0 and device.type == "cpu"
+    patience = getattr(config, "patience", 0)
+    bf16 = precision == "bf16"
+    threshold = config.clip if config.clip > 0 else math.inf  # an infinite threshold only measures the norm
+    zero = torch.zeros((), device=device)
+    loss_sum, loss_steps, window_sum, window_steps = zero.clone(), 0, zero.clone(), 0  # window: since the last eval
+    norm = zero.clone()
+    bad_in_a_row = 0
+    last = {"train": {}, "val": {}}
+    flags = {"interrupted": False, "stopped_early": False}
+    segment_start = time.perf_counter()
+    elapsed_at_start, train_time_at_start, eval_time = counters["elapsed"], counters["train_time"], 0.0
+
+    def elapsed() -> float:
+        return elapsed_at_start + time.perf_counter() - segment_start
+
+    def train_time() -> float:
+        return train_time_at_start + (time.perf_counter() - segment_start) - eval_time
+
+    def evaluate_and_save(save: bool = True) -> None:
+        nonlocal window_sum, window_steps, eval_time
+        started = time.perf_counter()
+        counters["elapsed"] = elapsed()
+        counters["train_time"] = train_time()
+        val = task.validate(model)
+        if window_steps:
+            last["train"] = task.train_figures(float(world.mean(window_sum)) / window_steps)
+        window_sum, window_steps = zero.clone(), 0
+        last["val"] = val
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TextrnnError(
+                f"training diverged at step {counters['step']} (the weights are not finite): lower --lr; "
+                f"{_kept(out_dir)}"
+            )
+        if not math.isfinite(val[metric]):
+            raise TextrnnError(f"{task.invalid_validation(counters['step'])}; {_kept(out_dir)}")
+        improved = save and val[metric] < counters["best_val"]
+        if improved:
+            counters["best_val"] = val[metric]
+            counters["evals_without_gain"] = 0
+            if world.main:
+                payload = {"model": model.state_dict(), "step": counters["step"], metric: val[metric]}
+                checkpoint.write_tensors(out_dir / "best.pt", payload)
+        elif save:
+            counters["evals_without_gain"] += 1
+            flags["stopped_early"] = bool(patience) and counters["evals_without_gain"] >= patience
+        record = {
+            "step": counters["step"],
+            "epoch": counters["epoch"],
+            task.unit: counters[task.unit],
+            "elapsed_sec": round(counters["elapsed"], 3),
+            "lr": optimizer.param_groups[0]["lr"],
+            **last["train"],
+            **val,
+            f"best_{metric}": counters["best_val"],
+            f"{task.unit}_per_sec": counters[task.unit] / max(counters["train_time"], 1e-9),
+        }
+        every_row = world.gather_rows(state) if save else None  # every process takes part in the gathers
+        every_rng = world.gather_objects(rng_state()) if save else None
+        if save and world.main:  # not when a finished run is resumed with nothing left to do
+            trainer_state = {
+                "optimizer": optimizer.state_dict(),
+                "counters": dict(counters),
+                "rng": every_rng,
+                "hidden": map_state(lambda tensor: tensor.detach().cpu(), every_row),
+            }
+            checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
+            checkpoint.append_metrics(out_dir, record)
+        eval_time += time.perf_counter() - started
+        report("eval", dict(record, improved=improved, stopped_early=flags["stopped_early"]))
+
+    shared_elapsed = elapsed_at_start  # with several processes: the slowest clock, agreed every AGREE_EVERY steps
+
+    def finished(now: float) -> bool:
+        return flags["stopped_early"] or progress(config, task.per_epoch, counters["step"], now) >= 1.0
+
+    def agreed_stop() -> bool:
+        """Whether to stop now, the same in every process. With several processes they compare notes every
+        AGREE_EVERY steps only (a collective is a host sync): a stop request and the slowest clock count from
+        there, while step and epoch limits and early stopping, the same everywhere, are exact."""
+        nonlocal shared_elapsed
+        stop = should_stop is not None and should_stop()
+        if not world.active:
+            flags["interrupted"] = stop
+            return stop or finished(elapsed())
+        if counters["step"] % AGREE_EVERY == 0:
+            flags["interrupted"], shared_elapsed = world.agree(stop, elapsed())
+        return flags["interrupted"] or finished(shared_elapsed)
+
+    done = finished(elapsed())
+    with checkpoint.locked(out_dir) if world.main else contextlib.nullcontext():  # one trainer per run directory
+        model.train()
+        while not done:
+            for batch in task.batches(counters["epoch"], counters["batch"]):
+                global_rows = batch[0].shape[0]
+                rows = world.rows(global_rows, strict=task.even_rows)
+                local = tuple(tensor[rows] for tensor in batch)
+                now = shared_elapsed if world.active else elapsed()
+                lr = learning_rate(config, counters["step"], progress(config, task.per_epoch, counters["step"], now))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    if local[0].shape[0]:
+                        loss, state = task.loss(stepper, local, detach_state(state) if task.carries_state else None)
+                    else:  # a short last batch left this process no rows: it adds nothing, but takes part
+                        loss = sum(p.sum() for p in model.parameters()) * 0.0
+                if bf16 and state is not None:  # carry the state in fp32 like the weights
+                    state = map_state(lambda tensor: tensor.float(), state)
+                if world.active and not task.even_rows:  # DDP averages processes: weigh each by its rows
+                    loss = loss * (local[0].shape[0] * world.size / global_rows)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # The norm also tells a non-finite step.
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), threshold, foreach=True)
+                counters["batch"] += 1
+                # Skipping needs the norm on the host: free on the CPU, a sync on a GPU, where divergence
+                # is caught instead at the next validation (non-finite loss or weights stop the run there).
+                if check_steps and not bool(torch.isfinite(norm)):
+                    optimizer.zero_grad(set_to_none=True)
+                    state = None  # the state may be poisoned too
+                    counters["skipped_steps"] += 1
+                    bad_in_a_row += 1
+                    if bad_in_a_row >= config.max_bad_steps:
+                        raise TextrnnError(
+                            f"training stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                            f"(at step {counters['step']}): lower --lr or check the data; {_kept(out_dir)}"
+                        )
+                    done = agreed_stop()
+                    if done:
+                        break
+                    continue
+                bad_in_a_row = 0
+                optimizer.step()
+                loss_sum += loss.detach()
+                window_sum += loss.detach()
+                loss_steps += 1
+                window_steps += 1
+                counters["step"] += 1
+                counters[task.unit] += batch[0].numel()
+                step = counters["step"]
+                report("step", {"step": step, "progress": progress(config, task.per_epoch, step, elapsed())})
+                if step % LOG_EVERY == 0:
+                    report(
+                        "log",
+                        {
+                            "step": step,
+                            "lr": lr,
+                            "grad_norm": float(norm),
+                            f"{task.unit}_per_sec": counters[task.unit] / max(train_time(), 1e-9),
+                            **task.train_figures(float(world.mean(loss_sum)) / loss_steps),
+                        },
+                    )
+                    loss_sum, loss_steps = zero.clone(), 0
+                if step % config.eval_every == 0:
+                    evaluate_and_save()
+                done = agreed_stop()
+                if done:
+                    break
+            else:  # the epoch ran to its end: the next one starts with a fresh state
+                counters["epoch"] += 1
+                counters["batch"] = 0
+                state = None
+
+        if window_steps or not last["val"]:
+            evaluate_and_save(save=counters["step"] > first_step or not (out_dir / "best.pt").exists())
+    result = {
+        "steps": counters["step"],
+        "epochs": counters["epoch"] + counters["batch"] / max(task.per_epoch, 1),
+        task.unit: counters[task.unit],
+        f"{task.unit}_per_sec": counters[task.unit] / max(counters["train_time"], 1e-9),
+        "train_seconds": counters["train_time"],
+        "best_val": counters["best_val"],
+        "last_train": last["train"],
+        "last_val": last["val"],
+        "interrupted": flags["interrupted"],
+        "stopped_early": flags["stopped_early"],
+        "skipped_steps": counters["skipped_steps"],
+        "parameters": parameters,
+        "checkpoint": str(out_dir),
+        "elapsed_sec": elapsed(),
+    }
+    summary = task.summary(result, model, world.main)
+    report("end", summary)
+    world.close()
+    return summary
