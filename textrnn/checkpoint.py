@@ -143,19 +143,13 @@ def start_run(run_dir: Path, config: dict, tokenizer: CharTokenizer | None = Non
         ) from None
 
 
-def json_safe(record: dict) -> dict:
-    """Non-finite floats become None (JSON null): ``NaN`` and ``Infinity`` are not JSON."""
-    return {
-        key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in record.items()
-    }
-
-
-def json_safe_tree(value):
-    """``json_safe`` through nested dicts and lists."""
+def json_safe(value):
+    """Non-finite floats become None (JSON null), through nested dicts and lists: ``NaN`` and ``Infinity`` are
+    not JSON."""
     if isinstance(value, dict):
-        return {key: json_safe_tree(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [json_safe_tree(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

@@ -6,7 +6,6 @@ and exit status 1 (``--debug`` shows the traceback instead).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -27,8 +26,9 @@ from textrnn.cli_common import (
     given,
     load_config,
     number,
+    resumed_config,
+    run_with_progress,
     set_threads,
-    stop_on_signals,
 )
 from textrnn.config import (
     BACKENDS,
@@ -36,17 +36,14 @@ from textrnn.config import (
     DEFAULT_EPOCHS,
     DEFAULT_SECONDS,
     DEVICES,
-    LIMITS,
     NORMALIZATIONS,
     OPTIMIZERS,
     PARTITIONS,
     PRECISIONS,
-    RESUMABLE,
     SCHEDULES,
     TASKS,
     ModelConfig,
     TrainConfig,
-    with_limits,
 )
 from textrnn.errors import TextrnnError
 from textrnn.forecast_cli import forecast
@@ -175,29 +172,11 @@ def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]
     return ModelConfig(**given(options, ModelConfig)), TrainConfig(**given(options, TrainConfig))
 
 
-def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, printer=None, tensorboard=None):
-    """Run the trainer with a progress display (and TensorBoard logs in ``tensorboard``, a directory, if given);
-    Ctrl-C / SIGTERM stop after the current step with a checkpoint."""
-    from textrnn.lm_task import train as run_training
+def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, tensorboard=None):
+    from textrnn.lm_task import train
 
-    printer = printer or _TrainPrinter()
-    if tensorboard is not None and os.environ.get("RANK", "0") == "0":  # under torchrun the first process logs
-        from textrnn.tensorboard import TensorBoardLogger, tee
-
-        printer = tee(printer, TensorBoardLogger(tensorboard))
-    try:
-        with stop_on_signals() as should_stop:
-            return run_training(
-                model_config,
-                train_config,
-                out,
-                resume=resume,
-                data_dir=data_dir,
-                callback=printer,
-                should_stop=should_stop,
-            )
-    finally:
-        printer.close()
+    arguments = {"model_config": model_config, "train_config": train_config, "out_dir": out, "data_dir": data_dir}
+    return run_with_progress(train, _TrainPrinter(), tensorboard, resume=resume, **arguments)
 
 
 @cli.command()
@@ -226,24 +205,7 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **opti
     set_threads(threads)
     if resume:
         out = out or newest_run()
-        # The stored run decides everything but the limits and evaluation interval given now.
-        ignored = sorted(
-            name
-            for name, value in {**options, "cell": cell}.items()
-            if value is not None and name not in (*LIMITS, *RESUMABLE)
-        )
-        if ignored:
-            click.echo(
-                "warning: --resume continues the stored run; ignoring "
-                + ", ".join("--" + name.replace("_", "-") for name in ignored),
-                err=True,
-            )
-        stored = train_config_of(read_config(Path(out)))
-        limits = {name: options.get(name) for name in LIMITS}
-        train_config = with_limits(
-            dataclasses.replace(stored, **given({k: options.get(k) for k in RESUMABLE}, TrainConfig)),
-            **limits,
-        )
+        train_config = resumed_config(train_config_of(read_config(Path(out))), {**options, "cell": cell})
     if out is None:
         out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
     if tensorboard is not None:
@@ -475,6 +437,52 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
     except BrokenPipeError:  # `textrnn sample ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+
+
+@cli.command()
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest run in checkpoints/]"
+)
+@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on (0: a free one).")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's choice]")
+@click.option("--model-name", help="The model's id in the API.  [default: the run directory's name]")
+@click.option("--max-tokens", type=int, default=4096, show_default=True, help="Most tokens one choice may ask for.")
+@click.option("--max-prompt-chars", type=int, default=4096, show_default=True, help="Longest prompt.")
+@click.option("--max-n", type=int, default=16, show_default=True, help="Most choices in one request (prompts x n).")
+@click.option("--max-batch", type=int, default=256, show_default=True, help="Most streams stepping together.")
+@click.option("--max-queue", type=int, default=256, show_default=True, help="Choices that may wait; beyond: 503.")
+@click.option(
+    "--drain-seconds", type=float, default=30.0, show_default=True, help="On SIGTERM, time open requests get to finish."
+)
+@command
+def serve(checkpoint, weights, host, port, device, threads, model_name, drain_seconds, **limits):
+    """Serve a model over the completions API (POST /v1/completions, as vLLM and llama.cpp), with a playground
+    page at /. Concurrent requests are batched: one model step advances every open stream."""
+    from textrnn.distributed import resolve_device
+    from textrnn.serve import Limits, bind, load_server, run_server
+
+    if not 0 <= port <= 65535:
+        raise TextrnnError(f"--port must be in [0, 65535], got {port}")
+    if drain_seconds < 0:
+        raise TextrnnError(f"--drain-seconds must be non-negative, got {drain_seconds}")
+    limits = Limits(**limits)
+    set_threads(threads)
+    app, _, info = load_server(checkpoint, weights, resolve_device(device), limits, model_name)
+    sock = bind(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    address = f"http://{shown_host}:{sock.getsockname()[1]}"
+    validation = info["textrnn"]["validation"] or {}
+    figures = f", val ppl {number(validation['val_perplexity'])}" if validation.get("val_perplexity") else ""
+    click.echo(
+        f"serving {info['id']} ({info['textrnn']['weights']} weights{figures}) at {address}/  "
+        f"(playground at /, API at /v1/completions; Ctrl-C or SIGTERM stops after open requests finish)",
+        err=True,
+    )
+    run_server(app, drain_seconds=drain_seconds, sock=sock)
+    click.echo("stopped", err=True)
 
 
 @cli.command("eval")

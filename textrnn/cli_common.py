@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import signal
 import sys
 import tomllib
@@ -88,6 +89,21 @@ def load_config(context: click.Context, parameter: click.Parameter, value: str |
     return str(path)
 
 
+def resumed_config(stored, options: dict):
+    """The config of a resumed run: the stored one, with the limits given now (any limit replaces all three)
+    and the ``RESUMABLE`` settings given now; other options are ignored, with a warning."""
+    from textrnn.config import LIMITS, RESUMABLE, with_limits
+
+    ignored = sorted(
+        name for name, value in options.items() if value not in (None, ()) and name not in (*LIMITS, *RESUMABLE)
+    )
+    if ignored:
+        names = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        click.echo(f"warning: --resume continues the stored run; ignoring {names}", err=True)
+    config = dataclasses.replace(stored, **given({name: options.get(name) for name in RESUMABLE}, type(stored)))
+    return with_limits(config, **{name: options.get(name) for name in LIMITS})
+
+
 def given(values: dict, cls) -> dict:
     names = {field.name for field in dataclasses.fields(cls)}
     return {key: item for key, item in values.items() if key in names and item is not None}
@@ -146,6 +162,22 @@ def stop_on_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def run_with_progress(train, printer, tensorboard=None, **arguments) -> dict:
+    """Run a library training function (``lm_task.train``, ``forecast_task.train_forecaster``) with ``printer``
+    (and TensorBoard logs in the directory ``tensorboard``, if given) on its events. Ctrl-C / SIGTERM stop it
+    after the current step with a checkpoint."""
+    callback = printer
+    if tensorboard is not None and os.environ.get("RANK", "0") == "0":  # under torchrun the first process logs
+        from textrnn.tensorboard import TensorBoardLogger, tee
+
+        callback = tee(printer, TensorBoardLogger(tensorboard))
+    try:
+        with stop_on_signals() as should_stop:
+            return train(**arguments, callback=callback, should_stop=should_stop)
+    finally:
+        callback.close()
 
 
 class ProgressPrinter:

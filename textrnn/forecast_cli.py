@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import io
 import json
@@ -15,7 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from textrnn.checkpoint import json_safe_tree
+from textrnn.checkpoint import json_safe
 from textrnn.cli_common import (
     ProgressPrinter,
     command,
@@ -24,8 +23,9 @@ from textrnn.cli_common import (
     given,
     load_config,
     number,
+    resumed_config,
+    run_with_progress,
     set_threads,
-    stop_on_signals,
 )
 from textrnn.config import (
     BACKENDS,
@@ -34,9 +34,7 @@ from textrnn.config import (
     FORECAST_DEFAULT_EPOCHS,
     FORECAST_DEFAULT_SECONDS,
     FORECAST_LOSSES,
-    LIMITS,
     OPTIMIZERS,
-    RESUMABLE,
     SCHEDULES,
     ForecastConfig,
 )
@@ -162,21 +160,10 @@ def _config(options: dict, cell: str | None = None) -> ForecastConfig:
     return config
 
 
-def _run_with_progress(
-    config: ForecastConfig, out: Path, resume: bool = False, tensorboard: Path | None = None
-) -> dict:
+def _run_with_progress(config: ForecastConfig, out: Path, resume: bool = False, tensorboard: Path | None = None):
     from textrnn.forecast_task import train_forecaster
 
-    printer = _Printer()
-    if tensorboard is not None:
-        from textrnn.tensorboard import TensorBoardLogger, tee
-
-        printer = tee(printer, TensorBoardLogger(tensorboard))
-    try:
-        with stop_on_signals() as should_stop:
-            return train_forecaster(config, out, resume=resume, callback=printer, should_stop=should_stop)
-    finally:
-        printer.close()
+    return run_with_progress(train_forecaster, _Printer(), tensorboard, config=config, out_dir=out, resume=resume)
 
 
 class _Printer(ProgressPrinter):
@@ -243,7 +230,7 @@ def _columns(lines: list[tuple]) -> str:
 
 def _json(results: dict, extra: tuple[str, ...] = ()) -> str:
     keys = (*_JSON_KEYS, *extra)
-    return json.dumps(json_safe_tree({key: results[key] for key in keys if key in results}), allow_nan=False)
+    return json.dumps(json_safe({key: results[key] for key in keys if key in results}), allow_nan=False)
 
 
 @click.group()
@@ -282,20 +269,8 @@ def train_command(out, resume, plot, tensorboard, threads, json_output, **option
     set_threads(threads)
     if resume:
         out = out or newest_run(task="forecast")
-        ignored = sorted(
-            name for name, value in options.items() if value not in (None, ()) and name not in (*LIMITS, *RESUMABLE)
-        )
-        if ignored:
-            click.echo(
-                "warning: --resume continues the stored run; ignoring "
-                + ", ".join("--" + n.replace("_", "-") for n in ignored),
-                err=True,
-            )
         stored = from_dict(ForecastConfig, read_config(Path(out), task="forecast")["forecast"])
-        limits = {name: options.get(name) for name in LIMITS}
-        if any(value is not None for value in limits.values()):
-            stored = dataclasses.replace(stored, **limits)
-        config = dataclasses.replace(stored, **given({k: options.get(k) for k in RESUMABLE}, ForecastConfig))
+        config = resumed_config(stored, options)
     else:
         config = _config(options)
     out = out or Path("checkpoints") / f"forecast-{config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -485,7 +460,7 @@ def compare_command(cells, out, plot, threads, json_output, **options):
             click.echo(f"interrupted during {name}; the finished runs are in {out}", err=True)
             break
     if json_output:
-        click.echo(json.dumps(json_safe_tree({"runs": runs, "baselines": baselines}), allow_nan=False))
+        click.echo(json.dumps(json_safe({"runs": runs, "baselines": baselines}), allow_nan=False))
     else:
         lines = [("forecast", "parameters", "train s", "windows/s", "test sMAPE", "MAPE", "MAE", "run")]
         for run in runs:

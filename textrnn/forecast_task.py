@@ -108,7 +108,7 @@ class ForecastTask(Task):
             "checkpoint": result["checkpoint"],
         }
         public = {key: value for key, value in summary.items() if key != "interrupted"}
-        checkpoint.write_json(Path(result["checkpoint"]) / "results.json", checkpoint.json_safe_tree(public))
+        checkpoint.write_json(Path(result["checkpoint"]) / "results.json", checkpoint.json_safe(public))
         return {**summary, "arrays": results["arrays"], "dataset": self.dataset}
 
 
