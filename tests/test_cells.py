@@ -8,7 +8,17 @@ from torch import nn
 from torch.func import functional_call
 
 from textrnn.errors import TextrnnError
-from textrnn.nn import GRU, LSTM, RNN, SCRATCH_ONLY_CELLS, PeepholeLSTM, cells, make_encoder
+from textrnn.nn import (
+    GRU,
+    LSTM,
+    RNN,
+    SCRATCH_ONLY_CELLS,
+    LayerNormGRU,
+    LayerNormLSTM,
+    PeepholeLSTM,
+    cells,
+    make_encoder,
+)
 
 INPUT_SIZE, HIDDEN_SIZE, BATCH_SIZE, LENGTH = 5, 8, 3, 7
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
@@ -415,3 +425,279 @@ def test_scratch_on_the_gpu_equals_torch(cell, monkeypatch, backward_path):
 
 def to(state, **options):
     return tuple(part.to(**options) for part in state) if isinstance(state, tuple) else state.to(**options)
+
+
+# Layer-normalized cells (Ba et al.): against the equations written out step by step.
+
+
+def layer_norm(values: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Layer normalization written out: (x - mean) / sqrt(var + 1e-5) * gain + bias over the last dimension."""
+    mean = values.mean(-1, keepdim=True)
+    variance = ((values - mean) ** 2).mean(-1, keepdim=True)
+    normalized = (values - mean) / torch.sqrt(variance + 1e-5) * gain
+    return normalized if bias is None else normalized + bias
+
+
+def naive_layernorm_lstm(module, inputs, hidden, cell, suffix):
+    """One layer and direction of the layer-normalized LSTM, one step at a time: (T, B, I) -> outputs, h, c."""
+
+    def parameter(name):
+        return getattr(module, f"{name}{suffix}")
+
+    steps = range(len(inputs) - 1, -1, -1) if suffix.endswith("_reverse") else range(len(inputs))
+    outputs = [None] * len(inputs)
+    for step in steps:
+        gates = (
+            layer_norm(inputs[step] @ parameter("weight_ih").T, parameter("weight_layernorm_ih"))
+            + layer_norm(hidden @ parameter("weight_hh").T, parameter("weight_layernorm_hh"))
+            + parameter("bias_ih")
+            + parameter("bias_hh")
+        )
+        input_gate, forget_gate, candidate, output_gate = gates.chunk(4, 1)
+        cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
+        normalized_cell = layer_norm(cell, parameter("weight_layernorm_cell"), parameter("bias_layernorm_cell"))
+        hidden = torch.sigmoid(output_gate) * torch.tanh(normalized_cell)
+        outputs[step] = hidden
+    return torch.stack(outputs), hidden, cell
+
+
+def naive_layernorm_gru(module, inputs, hidden, cell, suffix):
+    """One layer and direction of the layer-normalized GRU, one step at a time: (T, B, I) -> outputs, h, None."""
+
+    def parameter(name):
+        return getattr(module, f"{name}{suffix}")
+
+    steps = range(len(inputs) - 1, -1, -1) if suffix.endswith("_reverse") else range(len(inputs))
+    outputs = [None] * len(inputs)
+    for step in steps:
+        projected = layer_norm(inputs[step] @ parameter("weight_ih").T, parameter("weight_layernorm_ih"))
+        recurrent = layer_norm(hidden @ parameter("weight_hh").T, parameter("weight_layernorm_hh"))
+        projected_reset, projected_update, projected_new = (projected + parameter("bias_ih")).chunk(3, 1)
+        recurrent_reset, recurrent_update, recurrent_new = (recurrent + parameter("bias_hh")).chunk(3, 1)
+        reset = torch.sigmoid(projected_reset + recurrent_reset)
+        update = torch.sigmoid(projected_update + recurrent_update)
+        new = torch.tanh(projected_new + reset * recurrent_new)
+        hidden = (1 - update) * new + update * hidden
+        outputs[step] = hidden
+    return torch.stack(outputs), hidden, None
+
+
+def naive_stack(module, naive_layer, inputs, hidden, cell):
+    """Layers and directions around ``naive_layer``: time-major ``inputs`` and (L * D, B, H) states."""
+    directions = 2 if module.bidirectional else 1
+    final_hidden, final_cell = [], []
+    for layer in range(module.num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            suffix = f"_l{layer}" + ("_reverse" if direction else "")
+            output, last_hidden, last_cell = naive_layer(
+                module, inputs, hidden[index], None if cell is None else cell[index], suffix
+            )
+            outputs.append(output)
+            final_hidden.append(last_hidden)
+            final_cell.append(last_cell)
+        inputs = torch.cat(outputs, dim=-1)
+    return inputs, torch.stack(final_hidden), (None if cell is None else torch.stack(final_cell))
+
+
+def layernorm_module(cell: str, input_size: int = INPUT_SIZE, hidden_size: int = HIDDEN_SIZE, **options) -> nn.Module:
+    """A layer-normalized stack whose gains and shifts are random, so that none of them is the identity."""
+    module = {"layernorm_lstm": LayerNormLSTM, "layernorm_gru": LayerNormGRU}[cell](input_size, hidden_size, **options)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if "layernorm" in name:
+                parameter.uniform_(0.5, 1.5) if name.startswith("weight") else parameter.uniform_(-0.5, 0.5)
+    return module
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("cell", ["layernorm_lstm", "layernorm_gru"])
+def test_layernorm_cells_follow_their_equations(cell, bidirectional):
+    """In float64, so that the comparison of gradients through the normalizations tests equations, not rounding."""
+    module = layernorm_module(cell, num_layers=2, bidirectional=bidirectional).double()
+    inputs = torch.randn(LENGTH, BATCH_SIZE, INPUT_SIZE, dtype=torch.float64)
+    state = to(random_state(module), dtype=torch.float64)
+    hidden, cell_state = state if cell == "layernorm_lstm" else (state, None)
+    naive_layer = naive_layernorm_lstm if cell == "layernorm_lstm" else naive_layernorm_gru
+    expected_output, expected_hidden, expected_cell = naive_stack(module, naive_layer, inputs, hidden, cell_state)
+    expected = [expected_output, expected_hidden] + ([] if expected_cell is None else [expected_cell])
+    output, final = module(inputs, state)
+    for actual, wanted in zip([output, *as_tuple(final)], expected, strict=True):
+        torch.testing.assert_close(actual, wanted, **TOLERANCE)
+
+    # The gradients agree too: the naive loop reads the very same parameters.
+    weights = torch.Generator().manual_seed(2)
+    projections = [torch.randn(tensor.shape, generator=weights, dtype=torch.float64) for tensor in expected]
+    gradients = []
+    for results in ([output, *as_tuple(final)], expected):
+        module.zero_grad(set_to_none=True)
+        sum((result * projection).sum() for result, projection in zip(results, projections)).backward()
+        gradients.append([parameter.grad for _, parameter in sorted(module.named_parameters())])
+    for actual, wanted in zip(*gradients, strict=True):
+        torch.testing.assert_close(actual, wanted, **TOLERANCE)
+
+
+@pytest.mark.parametrize("cell", ["layernorm_lstm", "layernorm_gru"])
+def test_layernorm_cells_pass_gradcheck(cell):
+    module = layernorm_module(cell, 2, 3, bidirectional=True).double()
+    check_gradients(module, torch.randn(3, 2, 2, dtype=torch.float64))
+
+
+def test_layernorm_parameters_are_named_per_layer_and_direction_and_load_torch_weights():
+    module = LayerNormLSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, bidirectional=True)
+    added = {name: tuple(parameter.shape) for name, parameter in module.named_parameters() if "layernorm" in name}
+    expected = {}
+    for layer in (0, 1):
+        for suffix in ("", "_reverse"):
+            expected[f"weight_layernorm_ih_l{layer}{suffix}"] = (4 * HIDDEN_SIZE,)
+            expected[f"weight_layernorm_hh_l{layer}{suffix}"] = (4 * HIDDEN_SIZE,)
+            expected[f"weight_layernorm_cell_l{layer}{suffix}"] = (HIDDEN_SIZE,)
+            expected[f"bias_layernorm_cell_l{layer}{suffix}"] = (HIDDEN_SIZE,)
+    assert added == expected
+    assert all(torch.all(getattr(module, name) == (1 if name.startswith("weight") else 0)) for name in added)
+    missing, unexpected = module.load_state_dict(
+        nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, bidirectional=True).state_dict(), strict=False
+    )
+    assert sorted(missing) == sorted(expected) and not unexpected
+    gru = LayerNormGRU(INPUT_SIZE, HIDDEN_SIZE, bias=False)
+    assert sorted(name for name, _ in gru.named_parameters()) == [
+        "weight_hh_l0",
+        "weight_ih_l0",
+        "weight_layernorm_hh_l0",
+        "weight_layernorm_ih_l0",
+    ]
+
+
+@pytest.mark.parametrize("cell", ["layernorm_lstm", "layernorm_gru"])
+def test_layernorm_cells_exist_in_scratch_form_only(cell):
+    assert cell in SCRATCH_ONLY_CELLS
+    with pytest.raises(TextrnnError, match=f"the {cell} cell exists only in scratch form: use --backend scratch"):
+        make_encoder(cell, INPUT_SIZE, HIDDEN_SIZE, 1, 0.0, backend="fused")
+    encoder = make_encoder(cell, INPUT_SIZE, HIDDEN_SIZE, 2, 0.1, backend="scratch", bidirectional=True)
+    assert isinstance(encoder, {"layernorm_lstm": LayerNormLSTM, "layernorm_gru": LayerNormGRU}[cell])
+    output, state = encoder(torch.randn(BATCH_SIZE, LENGTH, INPUT_SIZE))
+    assert output.shape == (BATCH_SIZE, LENGTH, 2 * HIDDEN_SIZE)
+    assert all(part.shape == (4, BATCH_SIZE, HIDDEN_SIZE) for part in as_tuple(state))
+
+
+# Zoneout (Krueger et al.): against the equations, and its limits.
+
+
+def naive_zoneout(cell: str, module: nn.Module, inputs, keep_hidden, keep_cell):
+    """One layer of ``cell`` through torch.nn's step cells with zoneout written out.
+
+    ``keep_*`` per step: a 0/1 mask (training) or the rate (evaluation): ``h = keep * h_prev + (1 - keep) * h_new``.
+    """
+    step_cell = {"rnn_tanh": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}[cell](INPUT_SIZE, HIDDEN_SIZE)
+    for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        setattr(step_cell, kind, getattr(module, f"{kind}_l0"))
+    hidden = cell_state = torch.zeros(inputs.shape[1], HIDDEN_SIZE)
+    outputs = []
+    for step in range(len(inputs)):
+        keep_h = keep_hidden if isinstance(keep_hidden, float) else keep_hidden[step]
+        if cell == "lstm":
+            keep_c = keep_cell if isinstance(keep_cell, float) else keep_cell[step]
+            new_hidden, new_cell = step_cell(inputs[step], (hidden, cell_state))
+            cell_state = keep_c * cell_state + (1 - keep_c) * new_cell
+        else:
+            new_hidden = step_cell(inputs[step], hidden)
+        hidden = keep_h * hidden + (1 - keep_h) * new_hidden
+        outputs.append(hidden)
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_zoneout_in_eval_mode_is_the_expectation(cell):
+    module = textrnn_module(cell, backend="scratch", zoneout=0.3).eval()
+    inputs = torch.randn(LENGTH, BATCH_SIZE, INPUT_SIZE)
+    expected = naive_zoneout(cell, module, inputs, 0.3, 0.3)
+    torch.testing.assert_close(module(inputs)[0], expected, **TOLERANCE)
+    assert torch.equal(module(inputs)[0], module(inputs)[0])  # deterministic
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_zoneout_in_training_keeps_each_unit_with_probability_z(cell):
+    """Masks drawn per step, unit and row (h's first, then c's), 1 meaning: keep the previous value."""
+    module = textrnn_module(cell, backend="scratch", zoneout=0.4).train()
+    inputs = torch.randn(LENGTH, BATCH_SIZE, INPUT_SIZE)
+    torch.manual_seed(9)
+    output, _ = module(inputs)
+    torch.manual_seed(9)
+    keep_hidden = torch.empty(LENGTH, BATCH_SIZE, HIDDEN_SIZE).bernoulli_(0.4)
+    keep_cell = torch.empty(LENGTH, BATCH_SIZE, HIDDEN_SIZE).bernoulli_(0.4) if cell == "lstm" else None
+    torch.testing.assert_close(output, naive_zoneout(cell, module, inputs, keep_hidden, keep_cell), **TOLERANCE)
+    assert not torch.equal(module(inputs)[0], module(inputs)[0])  # new masks every call
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm", "peephole_lstm", "layernorm_lstm", "layernorm_gru"])
+def test_zoneout_zero_is_the_plain_cell(cell):
+    if cell.startswith("layernorm"):
+        plain, zoned = layernorm_module(cell, num_layers=2), layernorm_module(cell, num_layers=2, zoneout=0.0)
+    else:
+        plain = textrnn_module(cell, backend="scratch", num_layers=2)
+        zoned = textrnn_module(cell, backend="scratch", num_layers=2, zoneout=0.0)
+    zoned.load_state_dict(plain.state_dict())
+    inputs = torch.randn(LENGTH, BATCH_SIZE, INPUT_SIZE)
+    torch.testing.assert_close(zoned.train()(inputs)[0], plain.train()(inputs)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "layernorm_lstm"])
+def test_zoneout_near_one_keeps_the_initial_state(cell):
+    """The other limit: with z close to 1 almost every unit keeps its previous value, so the state barely moves."""
+    module = make_encoder(cell, INPUT_SIZE, HIDDEN_SIZE, 1, 0.0, backend="scratch", zoneout=0.999).eval()
+    inputs = torch.randn(BATCH_SIZE, LENGTH, INPUT_SIZE)
+    output, _ = module(inputs)
+    assert output.abs().max() < 0.01  # from the zero state, each step moves it by 0.1 % of the plain update
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "peephole_lstm", "layernorm_lstm", "layernorm_gru"])
+def test_zoneout_and_layernorm_pass_gradcheck(cell):
+    module = make_encoder(cell, 2, 3, 1, 0.0, backend="scratch", bidirectional=True, zoneout=0.3).double().eval()
+    module.batch_first = False
+    check_gradients(module, torch.randn(3, 2, 2, dtype=torch.float64))
+
+
+def test_zoneout_exists_in_scratch_form_only():
+    with pytest.raises(TextrnnError, match=r"zoneout \(--zoneout 0.1\) exists only in scratch form: use --backend"):
+        make_encoder("lstm", INPUT_SIZE, HIDDEN_SIZE, 1, 0.0, backend="fused", zoneout=0.1)
+    with pytest.raises(TextrnnError, match="use --backend scratch"):
+        LSTM(INPUT_SIZE, HIDDEN_SIZE, zoneout=0.1)
+
+
+@pytest.mark.parametrize(
+    "cell, options",
+    [
+        ("lstm", {"zoneout": 0.2}),
+        ("gru", {"zoneout": 0.2}),
+        ("layernorm_lstm", {}),
+        ("layernorm_gru", {"zoneout": 0.1}),
+    ],
+)
+def test_one_step_generation_of_the_new_cells_matches_the_whole_sequence(cell, options):
+    encoder = make_encoder(cell, INPUT_SIZE, HIDDEN_SIZE, 2, 0.0, backend="scratch", **options).eval()
+    inputs = torch.randn(BATCH_SIZE, LENGTH, INPUT_SIZE)
+    expected, expected_state = encoder(inputs)
+    state, outputs = None, []
+    for step in range(LENGTH):
+        output, state = encoder.step(inputs[:, step], state)
+        outputs.append(output)
+    torch.testing.assert_close(torch.stack(outputs, dim=1), expected, **TOLERANCE)
+    for actual, wanted in zip(as_tuple(state), as_tuple(expected_state), strict=True):
+        torch.testing.assert_close(actual, wanted, **TOLERANCE)
+
+
+@pytest.mark.parametrize("cell", ["peephole_lstm", "layernorm_lstm", "layernorm_gru"])
+def test_weight_drop_and_locked_dropout_on_the_scratch_only_cells(cell):
+    encoder = make_encoder(
+        cell, INPUT_SIZE, HIDDEN_SIZE, 2, 0.0, backend="scratch", weight_drop=0.5, locked_dropout=0.3, zoneout=0.1
+    )
+    before = {name: value.clone() for name, value in encoder.state_dict().items()}
+    inputs = torch.randn(BATCH_SIZE, LENGTH, INPUT_SIZE)
+    output, _ = encoder.train()(inputs)
+    output.sum().backward()
+    assert not torch.equal(output, encoder(inputs)[0])
+    assert all(torch.equal(encoder.state_dict()[name], value) for name, value in before.items())
+    assert encoder.weight_hh_l1.grad.abs().sum() > 0
+    encoder.eval()
+    assert torch.equal(encoder(inputs)[0], encoder(inputs)[0])

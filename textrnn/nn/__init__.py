@@ -1,9 +1,12 @@
-"""Recurrent cells and stacks shared by every model. State is a value: ``forward(x, state) -> (out, state)``.
+"""Recurrent cells, stacks and regularizers shared by every model. State is a value: ``forward(x, state) -> (out, state)``.
 
 ``RNN``, ``GRU`` and ``LSTM`` are drop-in ``torch.nn`` modules (same arguments, parameter
 names and state_dict) with a ``backend`` of "fused" (torch's kernels) or "scratch" (the
-cells of ``textrnn.nn.cells``, written from the equations); ``PeepholeLSTM`` and deep
-transitions (``transition_depth > 1``) exist in scratch form only.
+cells of ``textrnn.nn.cells``, written from the equations); ``PeepholeLSTM``,
+``LayerNormLSTM``, ``LayerNormGRU``, deep transitions (``transition_depth > 1``) and
+zoneout exist in scratch form only. Weight drop and locked dropout between layers work on
+both backends; ``textrnn.nn.regularize`` holds them and the model-level regularizers
+(``LockedDropout``, embedding dropout, AR/TAR).
 """
 
 from textrnn.nn.layers import (
@@ -11,13 +14,24 @@ from textrnn.nn.layers import (
     CELLS,
     GRU,
     LSTM,
+    LSTM_CELLS,
     RNN,
     SCRATCH_ONLY_CELLS,
+    LayerNormGRU,
+    LayerNormLSTM,
     PeepholeLSTM,
     check_backend,
+    check_regularizers,
     detach_state,
     make_encoder,
     map_state,
+)
+from textrnn.nn.regularize import (
+    LockedDropout,
+    activation_regularization,
+    drop_connect,
+    embedding_dropout,
+    temporal_activation_regularization,
 )
 
 __all__ = [
@@ -25,11 +39,20 @@ __all__ = [
     "CELLS",
     "GRU",
     "LSTM",
+    "LSTM_CELLS",
     "RNN",
     "SCRATCH_ONLY_CELLS",
+    "LayerNormGRU",
+    "LayerNormLSTM",
+    "LockedDropout",
     "PeepholeLSTM",
+    "activation_regularization",
     "check_backend",
+    "check_regularizers",
     "detach_state",
+    "drop_connect",
+    "embedding_dropout",
     "make_encoder",
     "map_state",
+    "temporal_activation_regularization",
 ]

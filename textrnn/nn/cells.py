@@ -28,6 +28,19 @@ At each step the previous hidden state first goes through that MLP,
 linear on purpose stay untouched: the GRU still interpolates with the raw ``h_{t-1}``
 and the LSTM's cell ``c_{t-1}`` bypasses the MLP. An empty ``transition`` is the plain
 cell.
+
+Zoneout (Krueger et al. 2017, "Zoneout: regularizing RNNs by randomly preserving hidden
+activations"): with rate z, in training each unit of ``h`` (and of the LSTM's ``c``) keeps
+its previous value with probability z, drawn anew per step, unit and row; in evaluation
+every unit takes the expectation ``z * previous + (1 - z) * new``. z = 0 is the plain cell.
+The LSTM's new ``h`` is computed from the new ``c`` before either is zoned out, as in the
+paper. Zoneout runs through autograd (the hand-written backward passes do not model it).
+
+Layer normalization in the cell (Ba et al. 2016, "Layer normalization"): the input and
+recurrent products are normalized separately over all gates, ``LN(W_ih x) * g_ih + LN(W_hh h)
+* g_hh + b_ih + b_hh``, the biases acting as the normalization's shift; the LSTM also
+normalizes its new cell before the output tanh, ``h = o * tanh(LN(c) * g_c + b_c)``, while
+the recurrence carries the raw ``c``.
 """
 
 from __future__ import annotations
@@ -48,6 +61,32 @@ def deep_transition(hidden: Tensor, transition: Transition) -> Tensor:
     for weight, bias in transition:
         hidden = torch.tanh(F.linear(hidden, weight, bias))
     return hidden
+
+
+Keep = Tensor | float | None
+"""Zoneout of one state over a layer call: (T, B, H) masks (1: keep the previous value), the rate (eval), or None."""
+
+
+def zoneout_keep(state: Tensor, length: int, zoneout: float, training: bool) -> Keep:
+    """Which units of ``state`` (B, H) keep their previous value at each of ``length`` steps.
+
+    Training: 0/1 masks (T, B, H), each 1 with probability ``zoneout`` (drawn from torch's
+    generator of ``state``'s device, so a saved RNG state replays them). Evaluation: the
+    rate itself, which ``zoneout_update`` turns into the expectation. None without zoneout.
+    """
+    if zoneout == 0:
+        return None
+    if not training:
+        return float(zoneout)
+    return state.new_empty((length, *state.shape)).bernoulli_(zoneout)
+
+
+def zoneout_update(previous: Tensor, new: Tensor, keep: Keep, step: int) -> Tensor:
+    """``keep * previous + (1 - keep) * new`` with the step's mask (or the rate, or nothing to keep)."""
+    if keep is None:
+        return new
+    # (new comes back in a lower precision under autocast; the carried state keeps its own.)
+    return torch.lerp(new.to(previous.dtype), previous, keep if isinstance(keep, float) else keep[step])
 
 
 # Single steps. ``projected`` is the step's precomputed input projection (B, G) where G
@@ -162,10 +201,11 @@ def _sum_biases(bias_ih: Tensor | None, bias_hh: Tensor | None) -> Tensor | None
     return None if bias_ih is None else bias_ih + bias_hh
 
 
-def _use_handwritten(inputs: Tensor, transition: Transition) -> bool:
+def _use_handwritten(inputs: Tensor, transition: Transition, zoneout: float = 0.0) -> bool:
     # Autocast changes dtypes op by op, which the hand-written path's preallocated
-    # buffers cannot follow; mixed precision takes the autograd path.
-    return HANDWRITTEN_BACKWARD and not transition and not torch.is_autocast_enabled(inputs.device.type)
+    # buffers cannot follow; mixed precision takes the autograd path, and so do the
+    # variants the hand-written passes do not model (deep transition, zoneout).
+    return HANDWRITTEN_BACKWARD and not transition and not zoneout and not torch.is_autocast_enabled(inputs.device.type)
 
 
 def _tanh(values: Tensor, out: Tensor) -> Tensor:
@@ -388,16 +428,23 @@ def rnn_layer(
     relu: bool = False,
     transition: Transition = (),
     reverse: bool = False,
+    zoneout: float = 0.0,
+    training: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Elman layer over ``inputs`` (T, B, I) from ``hidden`` (B, H) -> outputs (T, B, H), final hidden (B, H)."""
+    """Elman layer over ``inputs`` (T, B, I) from ``hidden`` (B, H) -> outputs (T, B, H), final hidden (B, H).
+
+    ``zoneout`` (with ``training``: masks, else the expectation) applies to ``h``.
+    """
     projected = F.linear(inputs, weight_ih, _sum_biases(bias_ih, bias_hh))
-    if _use_handwritten(inputs, transition):
+    if _use_handwritten(inputs, transition, zoneout):
         return _ElmanLayer.apply(projected, hidden, weight_hh, relu, reverse)
     weight_hh_t = weight_hh.t().contiguous()
     steps = projected.unbind(0)
+    keep = zoneout_keep(hidden, len(steps), zoneout, training)
     outputs: list[Tensor] = [hidden] * len(steps)
     for step in _time_order(len(steps), reverse):
-        hidden = rnn_step(steps[step], deep_transition(hidden, transition), weight_hh_t, relu)
+        new = rnn_step(steps[step], deep_transition(hidden, transition), weight_hh_t, relu)
+        hidden = zoneout_update(hidden, new, keep, step)
         outputs[step] = hidden
     return torch.stack(outputs), hidden
 
@@ -412,16 +459,23 @@ def gru_layer(
     *,
     transition: Transition = (),
     reverse: bool = False,
+    zoneout: float = 0.0,
+    training: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """GRU layer over ``inputs`` (T, B, I) from ``hidden`` (B, H) -> outputs (T, B, H), final hidden (B, H)."""
+    """GRU layer over ``inputs`` (T, B, I) from ``hidden`` (B, H) -> outputs (T, B, H), final hidden (B, H).
+
+    ``zoneout`` (with ``training``: masks, else the expectation) applies to ``h``.
+    """
     projected = F.linear(inputs, weight_ih, bias_ih)
-    if _use_handwritten(inputs, transition):
+    if _use_handwritten(inputs, transition, zoneout):
         return _GRULayer.apply(projected, hidden, weight_hh, bias_hh, reverse)
     weight_hh_t = weight_hh.t().contiguous()
     steps = projected.unbind(0)
+    keep = zoneout_keep(hidden, len(steps), zoneout, training)
     outputs: list[Tensor] = [hidden] * len(steps)
     for step in _time_order(len(steps), reverse):
-        hidden = gru_step(steps[step], hidden, deep_transition(hidden, transition), weight_hh_t, bias_hh)
+        new = gru_step(steps[step], hidden, deep_transition(hidden, transition), weight_hh_t, bias_hh)
+        hidden = zoneout_update(hidden, new, keep, step)
         outputs[step] = hidden
     return torch.stack(outputs), hidden
 
@@ -438,26 +492,170 @@ def lstm_layer(
     peephole: Tensor | None = None,
     transition: Transition = (),
     reverse: bool = False,
+    zoneout: float = 0.0,
+    training: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """LSTM layer (peephole LSTM when ``peephole`` (3H) is given) over ``inputs`` (T, B, I).
 
     ``state`` is ``(h (B, P), c (B, H))`` with P = H unless ``weight_hr`` (P, H) projects
-    the output -> outputs (T, B, P), final ``(h, c)``.
+    the output -> outputs (T, B, P), final ``(h, c)``. ``zoneout`` (with ``training``:
+    independent masks for ``h`` and ``c``, else the expectation) applies to both.
     """
     projected = F.linear(inputs, weight_ih, _sum_biases(bias_ih, bias_hh))
     hidden, cell = state
-    if weight_hr is None and _use_handwritten(inputs, transition):
+    if weight_hr is None and _use_handwritten(inputs, transition, zoneout):
         outputs, hidden, cell = _LSTMLayer.apply(projected, hidden, cell, weight_hh, peephole, reverse)
         return outputs, (hidden, cell)
     weight_hh_t = weight_hh.t().contiguous()
     weight_hr_t = None if weight_hr is None else weight_hr.t()
     steps = projected.unbind(0)
+    keep_hidden = zoneout_keep(hidden, len(steps), zoneout, training)
+    keep_cell = zoneout_keep(cell, len(steps), zoneout, training)
     outputs: list[Tensor] = [hidden] * len(steps)
     for step in _time_order(len(steps), reverse):
         recurrent_input = deep_transition(hidden, transition)
         if peephole is None:
-            hidden, cell = lstm_step(steps[step], recurrent_input, cell, weight_hh_t, weight_hr_t)
+            new_hidden, new_cell = lstm_step(steps[step], recurrent_input, cell, weight_hh_t, weight_hr_t)
         else:
-            hidden, cell = peephole_lstm_step(steps[step], recurrent_input, cell, weight_hh_t, peephole)
+            new_hidden, new_cell = peephole_lstm_step(steps[step], recurrent_input, cell, weight_hh_t, peephole)
+        hidden = zoneout_update(hidden, new_hidden, keep_hidden, step)
+        cell = zoneout_update(cell, new_cell, keep_cell, step)
         outputs[step] = hidden
     return torch.stack(outputs), (hidden, cell)
+
+
+# Layer-normalized cells (autograd only: the normalization's backward pass is torch's).
+
+LAYER_NORM_EPS = 1e-5
+
+
+def _normalized(values: Tensor, gain: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Layer normalization over the last dimension, scaled by ``gain`` and shifted by ``bias``."""
+    return F.layer_norm(values, values.shape[-1:], gain, bias, LAYER_NORM_EPS)
+
+
+def layernorm_lstm_step(
+    projected: Tensor,
+    hidden: Tensor,
+    cell: Tensor,
+    weight_hh_t: Tensor,
+    gain_hh: Tensor,
+    gain_cell: Tensor,
+    bias_cell: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Layer-normalized LSTM step (Ba et al. 2016), gates i, f, g, o in torch's order::
+
+        gates = LN(W_ih x) * g_ih + b_ih + b_hh + LN(W_hh h) * g_hh     (projected holds the first three terms)
+        c' = f * c + i * g                  h' = o * tanh(LN(c') * g_c + b_c)
+
+    ``projected`` (B, 4H), ``hidden`` the ``h`` that meets ``W_hh``, ``cell`` (B, H);
+    returns ``(h', c')`` with the raw ``c'`` carried on.
+    """
+    gates = projected + _normalized(torch.mm(hidden, weight_hh_t), gain_hh)
+    input_gate, forget_gate, candidate, output_gate = gates.chunk(4, 1)
+    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
+    return torch.sigmoid(output_gate) * torch.tanh(_normalized(cell, gain_cell, bias_cell)), cell
+
+
+def layernorm_gru_step(
+    projected: Tensor,
+    hidden: Tensor,
+    recurrent_input: Tensor,
+    weight_hh_t: Tensor,
+    gain_hh: Tensor,
+    bias_hh: Tensor | None,
+) -> Tensor:
+    """Layer-normalized GRU step, torch's GRU (``gru_step``) with both products normalized::
+
+        p = LN(W_ih x) * g_ih + b_ih       q = LN(W_hh h) * g_hh + b_hh      (each (B, 3H): r, z, n)
+        r = sigmoid(p_r + q_r)    z = sigmoid(p_z + q_z)    n = tanh(p_n + r * q_n)    h' = (1 - z) * n + z * h
+
+    ``projected`` (B, 3H) is p; ``recurrent_input`` is the ``h`` that meets ``W_hh``, ``hidden`` that of the
+    interpolation.
+    """
+    recurrent = _normalized(torch.mm(recurrent_input, weight_hh_t), gain_hh)
+    if bias_hh is not None:
+        recurrent = recurrent + bias_hh
+    projected_reset, projected_update, projected_new = projected.chunk(3, 1)
+    recurrent_reset, recurrent_update, recurrent_new = recurrent.chunk(3, 1)
+    reset = torch.sigmoid(projected_reset + recurrent_reset)
+    update = torch.sigmoid(projected_update + recurrent_update)
+    new = torch.tanh(projected_new + reset * recurrent_new)
+    return torch.lerp(new, hidden, update)
+
+
+def _normalized_projection(inputs: Tensor, weight_ih: Tensor, gain_ih: Tensor, bias: Tensor | None) -> Tensor:
+    """``LN(W_ih x) * g_ih + bias`` for all T steps at once (the normalization is per row): (T, B, I) -> (T, B, G)."""
+    projected = _normalized(F.linear(inputs, weight_ih), gain_ih)
+    return projected if bias is None else projected + bias
+
+
+def layernorm_lstm_layer(
+    inputs: Tensor,
+    state: tuple[Tensor, Tensor],
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    gain_ih: Tensor,
+    gain_hh: Tensor,
+    gain_cell: Tensor,
+    bias_cell: Tensor | None,
+    *,
+    transition: Transition = (),
+    reverse: bool = False,
+    zoneout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Layer-normalized LSTM layer over ``inputs`` (T, B, I) from ``(h, c)`` (B, H) each -> outputs (T, B, H), ``(h, c)``.
+
+    ``gain_ih``, ``gain_hh`` (4H) scale the normalized products; ``gain_cell``, ``bias_cell`` (H) the normalized cell.
+    """
+    projected = _normalized_projection(inputs, weight_ih, gain_ih, _sum_biases(bias_ih, bias_hh))
+    hidden, cell = state
+    weight_hh_t = weight_hh.t()
+    steps = projected.unbind(0)
+    keep_hidden = zoneout_keep(hidden, len(steps), zoneout, training)
+    keep_cell = zoneout_keep(cell, len(steps), zoneout, training)
+    outputs: list[Tensor] = [hidden] * len(steps)
+    for step in _time_order(len(steps), reverse):
+        new_hidden, new_cell = layernorm_lstm_step(
+            steps[step], deep_transition(hidden, transition), cell, weight_hh_t, gain_hh, gain_cell, bias_cell
+        )
+        hidden = zoneout_update(hidden, new_hidden, keep_hidden, step)
+        cell = zoneout_update(cell, new_cell, keep_cell, step)
+        outputs[step] = hidden
+    return torch.stack(outputs), (hidden, cell)
+
+
+def layernorm_gru_layer(
+    inputs: Tensor,
+    hidden: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    gain_ih: Tensor,
+    gain_hh: Tensor,
+    *,
+    transition: Transition = (),
+    reverse: bool = False,
+    zoneout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Layer-normalized GRU layer over ``inputs`` (T, B, I) from ``hidden`` (B, H) -> outputs (T, B, H), final hidden.
+
+    ``gain_ih``, ``gain_hh`` (3H) scale the normalized input and recurrent products.
+    """
+    projected = _normalized_projection(inputs, weight_ih, gain_ih, bias_ih)
+    weight_hh_t = weight_hh.t()
+    steps = projected.unbind(0)
+    keep = zoneout_keep(hidden, len(steps), zoneout, training)
+    outputs: list[Tensor] = [hidden] * len(steps)
+    for step in _time_order(len(steps), reverse):
+        new = layernorm_gru_step(
+            steps[step], hidden, deep_transition(hidden, transition), weight_hh_t, gain_hh, bias_hh
+        )
+        hidden = zoneout_update(hidden, new, keep, step)
+        outputs[step] = hidden
+    return torch.stack(outputs), hidden
