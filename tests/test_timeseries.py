@@ -1,8 +1,12 @@
-"""CSV reading, cleaning (duplicates, gaps, daylight saving), calendar features, scaling, windows, metrics."""
+"""CSV and Parquet reading, cleaning (duplicates, gaps, daylight saving), calendar features, scaling, windows,
+metrics."""
 
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from textrnn.errors import TextrnnError
@@ -12,12 +16,19 @@ from textrnn.timeseries import (
     build_dataset,
     calendar_features,
     clean,
+    describe,
     metrics,
     parse_times,
     read_csv,
+    read_table,
     split_points,
     window_indices,
 )
+
+AEP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "AEP_hourly.csv"
+# PJM Data Miner's hourly metered load export (hour-beginning times in UTC and in Eastern Prevailing Time,
+# 12-hour clock): AEP's load around the autumn daylight-saving change of 2017.
+PJM = Path(__file__).resolve().parent / "data" / "pjm_hrl_load_metered.csv"
 
 
 def times(*texts):
@@ -78,6 +89,149 @@ def test_read_csv_reads_missing_values_and_refuses_words(tmp_path):
         read_csv(write(tmp_path, "", "empty.csv"), "time", ["load"])
 
 
+@pytest.mark.parametrize(
+    "cells, dayfirst, expected",
+    [
+        (["01/02/2020 00:00", "01/02/2020 01:00"], None, "2020-01-02T00:00"),  # ambiguous with '/': month-first
+        (["01/02/2020 00:00", "01/02/2020 01:00"], True, "2020-02-01T00:00"),
+        (["01.02.2020 00:00"], None, "2020-02-01T00:00"),  # with '.': day-first
+        (["01.02.2020 00:00"], False, "2020-01-02T00:00"),
+        (["2020-01-02 00:00"], True, "2020-01-02T00:00"),  # year-first dates are never year-day-month
+        (["10/1/2004 1:00:00 PM"], None, "2004-10-01T13:00"),
+        (["10/1/2004 12:00 am"], None, "2004-10-01T00:00"),
+        (["Oct 1, 2004 01:00"], None, "2004-10-01T01:00"),
+        (["1 Oct 2004 01:00"], None, "2004-10-01T01:00"),
+        (["01 May 2000 00:00", "01 Jun 2000 00:00"], None, "2000-05-01T00:00"),  # May: %B or %b
+        (["200410010100"], None, "2004-10-01T01:00"),
+        (["2004/10/01 01:00"], None, "2004-10-01T01:00"),
+        (["2004-10-01T01:00:00Z"], None, "2004-10-01T01:00"),
+        (["2004-10-01 01:00:00 UTC"], None, "2004-10-01T01:00"),
+        (["2004-10-01T01:00:00.000-04:00"], None, "2004-10-01T05:00"),
+    ],
+)
+def test_formats_that_pandas_guesses_and_the_day_first_choice(cells, dayfirst, expected):
+    parsed, _ = parse_times(cells, None, "test", dayfirst=dayfirst)
+    assert parsed[0] == np.datetime64(expected)
+
+
+def test_a_day_above_12_anywhere_makes_the_file_day_first():
+    cells = [f"{day:02d}/03/2021 00:00" for day in range(1, 21)]  # ambiguous until the 13th row
+    parsed, used = parse_times(cells, None, "test")
+    assert used == "%d/%m/%Y %H:%M" and parsed[12] == np.datetime64("2021-03-13")
+    with pytest.raises(TextrnnError, match="row 14 holds '13/03/2021 00:00'.*%m/%d/%Y"):
+        parse_times(cells, None, "test", dayfirst=False)  # --monthfirst insists
+    with pytest.raises(TextrnnError, match="row 3 holds '2021-01-01', which does not match --time-format"):
+        parse_times(["01/02/2021", "2021-01-01"], "%d/%m/%Y", "test")
+
+
+def test_offsets_across_daylight_saving_become_one_utc_grid(tmp_path):
+    # New York's autumn change: 01:00 happens at -04:00 and again at -05:00.
+    utc = pd.date_range("2021-11-07 03:00", periods=6, freq="h", tz="UTC")
+    local = utc.tz_convert("America/New_York")
+    path = write(tmp_path, "time,load\n" + "".join(f"{t.isoformat()},{n}\n" for n, t in enumerate(local)))
+    table = read_table(path, "time", ["load"])
+    assert (
+        table.time_format == "iso"
+        and table.times.tolist() == utc.tz_localize(None).to_numpy().astype("datetime64[s]").tolist()
+    )
+    series = clean(table.times, table.columns["load"], "load", max_gap=2)
+    assert series.report["duplicated_times"] == 0 and series.report["missing_times"] == 0
+    # The same hours as local wall-clock times: the repeated hour is averaged.
+    path = write(
+        tmp_path, "time,load\n" + "".join(f"{t:%Y-%m-%d %H:%M},{n}\n" for n, t in enumerate(local)), "local.csv"
+    )
+    table = read_table(path, "time", ["load"])
+    series = clean(table.times, table.columns["load"], "load", max_gap=2)
+    assert series.report["duplicated_times"] == 1 and series.values.tolist() == [0.0, 1.0, 2.5, 4.0, 5.0]
+
+
+def test_csv_quirks_are_read(tmp_path):
+    # Spaces around header names, tab separators, quoted cells, CRLF line ends, a row with more fields.
+    path = tmp_path / "quirks.tsv"
+    path.write_bytes(b' time \t"load"\r\n"2021-01-01 00:00"\t1\r\n2021-01-01 01:00\t"2"\textra\r\n')
+    table = read_table(path, "time", ["load"])
+    assert table.columns["load"].tolist() == [1.0, 2.0] and table.rows == 2
+    assert read_table(write(tmp_path, "time|load\n2021-01-01 00:00| 3 \n", "pipe.csv"), "time", ["load"]).columns[
+        "load"
+    ].tolist() == [3.0]
+    with pytest.raises(TextrnnError, match="is not UTF-8 text"):
+        (tmp_path / "latin.csv").write_bytes("time,load\n2021-01-01 00:00,1\xe9\n".encode("latin-1"))
+        read_table(tmp_path / "latin.csv", "time", ["load"])
+
+
+def test_parquet_files_read_like_csv(tmp_path):
+    pytest.importorskip("pyarrow")
+    stamps = pd.date_range("2021-03-13", periods=48, freq="h")
+    frame = pd.DataFrame({"time": stamps, "load": np.arange(48.0), "other": ["x"] * 48})
+    expected = stamps.to_numpy().astype("datetime64[s]").tolist()
+    frame.to_parquet(tmp_path / "naive.parquet")
+    table = read_table(tmp_path / "naive.parquet", "time", ["load"])
+    assert table.times.tolist() == expected and table.columns["load"].tolist() == list(range(48)) and table.rows == 48
+    # Time-zone-aware timestamps are converted to UTC; times stored as text are parsed like CSV cells;
+    # a Parquet file is recognised by its content whatever its name.
+    aware = frame.assign(time=stamps.tz_localize("UTC").tz_convert("Europe/Berlin"))
+    aware.to_parquet(tmp_path / "aware.pq")
+    assert read_table(tmp_path / "aware.pq", "time", ["load"]).times.tolist() == expected
+    text = frame.assign(time=stamps.strftime("%d.%m.%Y %H:%M"), load=pd.array([1, None] * 24, dtype="Int64"))
+    text.to_parquet(tmp_path / "text.csv")
+    table = read_table(tmp_path / "text.csv", "time", ["load"])
+    assert table.times.tolist() == expected and table.time_format == "%d.%m.%Y %H:%M"
+    assert np.isnan(table.columns["load"][1::2]).all() and (table.columns["load"][::2] == 1).all()
+    frame.assign(load=["1", "NA"] * 24).to_parquet(tmp_path / "strings.parquet")
+    assert np.isnan(read_table(tmp_path / "strings.parquet", "time", ["load"]).columns["load"][1])
+
+
+def test_bad_parquet_files_are_one_clear_error(tmp_path):
+    pytest.importorskip("pyarrow")
+    frame = pd.DataFrame({"time": pd.date_range("2021-01-01", periods=4, freq="h"), "load": [1.0, 2, 3, 4]})
+    frame.to_parquet(tmp_path / "series.parquet")
+    with pytest.raises(TextrnnError, match="series.parquet has no column 'Datetime'; its columns are time, load"):
+        read_table(tmp_path / "series.parquet", "Datetime", ["load"])
+    frame.assign(time=np.arange(4)).to_parquet(tmp_path / "numbers.parquet")
+    with pytest.raises(TextrnnError, match="column 'time' holds numbers, not times"):
+        read_table(tmp_path / "numbers.parquet", "time", ["load"])
+    frame.assign(load=["1", "2", "many", "4"]).to_parquet(tmp_path / "words.parquet")
+    with pytest.raises(TextrnnError, match="column 'load' is not numeric: row 4 holds 'many'"):
+        read_table(tmp_path / "words.parquet", "time", ["load"])
+    frame.head(0).to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(TextrnnError, match="has a header but no rows"):
+        read_table(tmp_path / "empty.parquet", "time", ["load"])
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(TextrnnError, match="broken.parquet is not a readable Parquet file"):
+        read_table(tmp_path / "broken.parquet", "time", ["load"])
+
+
+def test_a_pjm_data_miner_file_reads_with_no_flag(tmp_path):
+    utc = read_table(PJM, "datetime_beginning_utc", ["mw"])
+    assert utc.time_format == "%m/%d/%Y %I:%M:%S %p" and utc.times[0] == np.datetime64("2017-11-04T04:00")
+    series = clean(utc.times, utc.columns["mw"], "mw", max_gap=6)
+    assert describe(series.report) == "72 rows, step 1 hour, 1 segment, 72 points"
+    # Eastern Prevailing Time: 1 AM twice on 5 November 2017, averaged.
+    local = read_table(PJM, "datetime_beginning_ept", ["mw"])
+    series = clean(local.times, local.columns["mw"], "mw", max_gap=6)
+    assert describe(series.report) == "72 rows, step 1 hour, 1 duplicated times averaged, 1 segment, 71 points"
+    assert series.values[series.times.tolist().index(np.datetime64("2017-11-05T01:00"))] == (10596 + 10446) / 2
+    # The same hours as ISO 8601 with their offsets (-04:00, then -05:00) read to the UTC series.
+    stamps = pd.DatetimeIndex(utc.times).tz_localize("UTC").tz_convert("America/New_York")
+    lines = "".join(f"{t.isoformat()},{value:.3f}\n" for t, value in zip(stamps, utc.columns["mw"]))
+    path = write(tmp_path, "datetime_beginning_ept,mw\n" + lines, "pjm_iso.csv")
+    table = read_table(path, "datetime_beginning_ept", ["mw"])
+    assert table.times.tolist() == utc.times.tolist() and table.columns["mw"].tolist() == utc.columns["mw"].tolist()
+
+
+@pytest.mark.skipif(not AEP.is_file(), reason="the shared AEP_hourly.csv is not available")
+def test_the_aep_file_reads_to_the_same_series_as_before():
+    table = read_table(AEP, "Datetime", ["AEP_MW"])
+    series = clean(table.times, table.columns["AEP_MW"], "AEP_MW", max_gap=6)
+    assert describe(series.report) == (
+        "121,273 rows, step 1 hour, 4 duplicated times averaged, 27 missing times, 27 points interpolated, "
+        "1 segment, 121,296 points"
+    )
+    # Checksums of the series the hand-written reader produced: the same times and bit-identical values.
+    assert hashlib.sha256(series.values.tobytes()).hexdigest()[:16] == "c943b6f865e31dfa"
+    assert hashlib.sha256(series.times.astype(np.int64).tobytes()).hexdigest()[:16] == "3f3bfc203c8a8b50"
+
+
 # ----------------------------------------------------------------------------- cleaning
 
 
@@ -125,6 +279,18 @@ def test_impossible_series_are_refused_clearly():
         clean(times("2020-01-01", "2020-01-01"), np.array([1.0, 2.0]), "load", max_gap=2)
     with pytest.raises(TextrnnError, match="not on a regular grid"):
         clean(times("2020-01-01T00:00", "2020-01-01T01:00", "2020-01-01T02:00", "2020-01-01T02:30"), np.ones(4), "x", 2)
+
+
+def test_a_gap_of_centuries_is_split_without_laying_it_out():
+    second = np.timedelta64(1, "s")
+    stamps = np.concatenate(
+        [
+            np.datetime64("1900-01-01T00:00:00") + second * np.arange(10),
+            np.datetime64("2100-01-01") + second * np.arange(10),
+        ]
+    )
+    series = clean(stamps, np.arange(20.0), "load", max_gap=6)
+    assert series.segments == [(0, 10), (10, 20)] and series.report["left_out"] > 6e9
 
 
 # ----------------------------------------------------------------------------- features and scaling

@@ -1,14 +1,15 @@
-"""Time series for forecasting: CSV reading and cleaning, calendar features, scaling, lazy windows, metrics.
+"""Time series for forecasting: reading (CSV or Parquet, through pandas) and cleaning, calendar features,
+scaling, lazy windows, metrics.
 
-The data flow is ``read_csv`` -> ``clean`` (one ``Series`` per target column and file) ->
+The data flow is ``read_table`` -> ``clean`` (one ``Series`` per target column and file) ->
 ``Dataset`` (every series scaled with a scaler fitted on its training part, laid end to
 end in one array, with the window starts of each split) -> batches of windows gathered
 by index arithmetic (nothing is materialised per window, so memory is O(series length)).
 
-Times are ``numpy.datetime64[s]`` wall-clock times as written in the file (a UTC offset,
-where given, is converted to UTC). Daylight-saving changes in local-time data show up as
-a missing hour (spring) and a duplicated hour (autumn): the first is interpolated, the
-second averaged, and both are counted in the cleaning report.
+Times are ``numpy.datetime64[s]`` wall-clock times as written in the file (a UTC offset or
+time zone, where given, is converted to UTC). Daylight-saving changes in local-time data
+show up as a missing hour (spring) and a duplicated hour (autumn): the first is
+interpolated, the second averaged, and both are counted in the cleaning report.
 """
 
 from __future__ import annotations
@@ -16,38 +17,26 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from textrnn.errors import TextrnnError
 
 # Cell values read as missing (compared in lower case, after stripping spaces).
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?", "#n/a"})
-# strptime formats tried after ISO 8601, in this order; month-first before day-first
-# (PJM and most US data), so an ambiguous file is read month-first unless --time-format says otherwise.
-TIME_FORMATS = (
-    "%m/%d/%Y %H:%M",
-    "%m/%d/%Y %H:%M:%S",
-    "%m/%d/%Y %I:%M %p",
-    "%m/%d/%Y %I:%M:%S %p",
-    "%m/%d/%Y",
-    "%d/%m/%Y %H:%M",
-    "%d/%m/%Y %H:%M:%S",
-    "%d/%m/%Y",
-    "%Y/%m/%d %H:%M",
-    "%Y/%m/%d %H:%M:%S",
-    "%Y/%m/%d",
-    "%d.%m.%Y %H:%M",
-    "%d.%m.%Y %H:%M:%S",
-    "%d.%m.%Y",
-    "%d-%m-%Y %H:%M",
-    "%d-%m-%Y",
-    "%Y%m%d%H%M",
-    "%Y%m%d",
-)
+# A file is Parquet when its name ends so, or when it starts with Parquet's magic bytes.
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+PARQUET_MAGIC = b"PAR1"
+# A format pandas guesses that is ISO 8601 is read as ISO 8601 as a whole, so a file may mix "T" and " ",
+# with or without seconds and offsets, as fromisoformat allows.
+_ISO_FORMAT = re.compile(r"%Y-%m-%d([T ]%H(:%M(:%S(\.%f)?)?)?)?(%z)?")
+_MERIDIAN = re.compile(r"(\s*)([AaPp][Mm])$")  # 1:00 PM: pandas guesses the rest, %I ... %p is added
 CALENDARS = ("linear", "cyclical", "none")
 DAY = 86_400
 
@@ -57,14 +46,14 @@ DAY = 86_400
 
 @dataclass
 class Table:
-    """The columns of a CSV file that forecasting needs, as read (before cleaning)."""
+    """The columns of a CSV or Parquet file that forecasting needs, as read (before cleaning)."""
 
     path: Path
     sha256: str
     time_column: str
     times: np.ndarray  # datetime64[s], NaT where the cell was empty
     columns: dict[str, np.ndarray]  # target name -> float64 values, NaN where missing
-    time_format: str  # "iso" or the strptime format that read every time
+    time_format: str  # "iso" (also for times converted to UTC) or the strptime format that read every time
     rows: int
 
 
@@ -76,125 +65,232 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_csv(path: str | Path, time_column: str, targets: list[str], time_format: str | None = None) -> Table:
-    """Read ``time_column`` and the ``targets`` of a CSV file (header row first); any problem is one clear error."""
+def is_parquet(path: Path) -> bool:
+    """Parquet by the file's suffix, or by its first bytes (a Parquet file named .csv or without a suffix)."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
+
+
+def read_table(
+    path: str | Path,
+    time_column: str,
+    targets: list[str],
+    time_format: str | None = None,
+    dayfirst: bool | None = None,
+) -> Table:
+    """Read ``time_column`` and the ``targets`` of a CSV file (header row first) or a Parquet file.
+
+    Times are parsed by ``parse_times`` (``time_format`` overrides the detection, ``dayfirst``
+    settles day/month ambiguity); numbers by ``parse_numbers``. Any problem is one clear error.
+    """
     path = Path(path)
     if not path.exists():
-        raise TextrnnError(f"{path} does not exist: give a CSV file with a header row")
+        raise TextrnnError(f"{path} does not exist: give a CSV file with a header row, or a Parquet file")
     if not path.is_file():
-        raise TextrnnError(f"{path} is not a file: give a CSV file with a header row")
+        raise TextrnnError(f"{path} is not a file: give a CSV file with a header row, or a Parquet file")
     if not targets:
         raise TextrnnError("no --target column given")
+    wanted = [time_column, *targets]
+    frame = _read_parquet(path, wanted) if is_parquet(path) else _read_csv(path, wanted)
+    if len(frame) == 0:
+        raise TextrnnError(f"{path} has a header but no rows")
+    times, used_format = _times_of(frame[time_column], time_format, dayfirst, f"{path} column {time_column!r}")
+    columns = {name: parse_numbers(frame[name], f"{path} column {name!r}") for name in targets}
+    return Table(path, file_sha256(path), time_column, times, columns, used_format, len(frame))
+
+
+read_csv = read_table  # the name forecasting has always imported
+
+
+def _check_columns(path: Path, header: list[str], wanted: list[str]) -> None:
+    missing = [name for name in dict.fromkeys(wanted) if name not in header]
+    if missing:
+        raise TextrnnError(
+            f"{path} has no column {', '.join(repr(m) for m in missing)}; its columns are "
+            f"{', '.join(header[:20])}{' ...' if len(header) > 20 else ''} (choose with --time-col / --target)"
+        )
+
+
+def _read_csv(path: Path, wanted: list[str]) -> pd.DataFrame:
+    """The ``wanted`` columns as text (stripped header names; separator sniffed among , ; tab |)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             sample = handle.read(64 * 1024)
-            handle.seek(0)
-            try:
-                dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|") if sample else csv.excel
-            except csv.Error:
-                dialect = csv.excel
-            reader = csv.reader(handle, dialect)
-            header = next(reader, None)
-            if header is None:
-                raise TextrnnError(f"{path} is empty: give a CSV file with a header row")
-            header = [name.strip() for name in header]
-            wanted = [time_column, *targets]
-            missing = [name for name in wanted if name not in header]
-            if missing:
-                raise TextrnnError(
-                    f"{path} has no column {', '.join(repr(m) for m in missing)}; its columns are "
-                    f"{', '.join(header[:20])}{' ...' if len(header) > 20 else ''} (choose with --time-col / --target)"
-                )
-            positions = [header.index(name) for name in wanted]
-            width = max(positions) + 1
-            cells: list[list[str]] = [[] for _ in wanted]
-            for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
-                if len(row) < width:
-                    row = row + [""] * (width - len(row))
-                for store, position in zip(cells, positions):
-                    store.append(row[position])
     except UnicodeDecodeError as error:
         raise TextrnnError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except csv.Error as error:
-        raise TextrnnError(f"{path} is not a readable CSV file ({error})") from None
-    if not cells[0]:
-        raise TextrnnError(f"{path} has a header but no rows")
-    times, used_format = parse_times(cells[0], time_format, f"{path} column {time_column!r}")
-    columns = {name: parse_numbers(values, f"{path} column {name!r}") for name, values in zip(targets, cells[1:])}
-    return Table(path, file_sha256(path), time_column, times, columns, used_format, len(cells[0]))
+    if not sample.strip():
+        raise TextrnnError(f"{path} is empty: give a CSV file with a header row")
+    try:
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    options = {
+        "sep": dialect.delimiter,
+        "quotechar": dialect.quotechar or '"',
+        "encoding": "utf-8-sig",
+        "index_col": False,  # never take a column as the index, even when rows have more fields than the header
+        "dtype": str,  # cells as written: times and numbers are parsed below, with errors naming the row
+        "keep_default_na": False,
+        "na_filter": False,
+    }
+    wanted_names = set(wanted)
+    try:
+        header = [str(name).strip() for name in pd.read_csv(path, nrows=0, **options).columns]
+        _check_columns(path, header, wanted)
+        frame = pd.read_csv(path, usecols=lambda name: str(name).strip() in wanted_names, **options)
+    except UnicodeDecodeError as error:
+        raise TextrnnError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as error:
+        raise TextrnnError(f"{path} is not a readable CSV file ({str(error).strip()})") from None
+    frame.columns = [str(name).strip() for name in frame.columns]
+    return frame.loc[:, ~frame.columns.duplicated()]
 
 
-def parse_numbers(cells: list[str], where: str) -> np.ndarray:
-    """Numbers, with the cells of ``MISSING`` as NaN; any other non-number is refused, naming the row."""
-    values = np.empty(len(cells), dtype=np.float64)
-    for index, cell in enumerate(cells):
-        text = cell.strip()
-        if text.lower() in MISSING:
-            values[index] = math.nan
-            continue
-        try:
-            value = float(text)
-        except ValueError:
+def _read_parquet(path: Path, wanted: list[str]) -> pd.DataFrame:
+    """The ``wanted`` columns of a Parquet file, with their stored types."""
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise TextrnnError(
+            f"{path} is a Parquet file, and reading Parquet needs pyarrow: pip install pyarrow"
+        ) from None
+    try:
+        header = [str(name) for name in parquet.read_schema(path).names]
+        _check_columns(path, header, wanted)
+        return parquet.read_table(path, columns=list(dict.fromkeys(wanted))).to_pandas()
+    except TextrnnError:
+        raise
+    except Exception as error:  # pyarrow raises several types (ArrowInvalid, OSError, ...) for a damaged file
+        raise TextrnnError(f"{path} is not a readable Parquet file ({str(error).strip()[:200]})") from None
+
+
+def _times_of(column: pd.Series, time_format: str | None, dayfirst: bool | None, where: str):
+    """A time column as stored (timestamps in Parquet, text in CSV) -> datetime64[s] in UTC or wall-clock time."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return _naive(column), "iso"
+    if pd.api.types.is_numeric_dtype(column):
+        raise TextrnnError(f"{where} holds numbers, not times: store the times as timestamps or text")
+    texts = column.where(column.notna(), "").astype(str)
+    return parse_times(texts, time_format, where, dayfirst=dayfirst)
+
+
+def _naive(times: pd.Series) -> np.ndarray:
+    """Timestamps -> datetime64[s]; aware ones converted to UTC first."""
+    if getattr(times.dt, "tz", None) is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    return times.to_numpy().astype("datetime64[s]")
+
+
+def parse_numbers(cells, where: str) -> np.ndarray:
+    """Numbers, with the cells of ``MISSING`` (and infinities) as NaN; any other non-number is refused, naming the row."""
+    column = pd.Series(cells)
+    if pd.api.types.is_bool_dtype(column) or not (
+        pd.api.types.is_numeric_dtype(column) or pd.api.types.is_string_dtype(column) or column.dtype == object
+    ):
+        raise TextrnnError(f"{where} is not numeric: it holds {column.dtype} values")
+    if pd.api.types.is_numeric_dtype(column):  # typed (Parquet): nothing to parse
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        texts = column.where(column.notna(), "").astype(str).str.strip()
+        lower = texts.str.lower()
+        missing = lower.isin(MISSING).to_numpy()
+        values = pd.to_numeric(texts.where(~missing, None), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        wrong = np.flatnonzero(~missing & np.isnan(values) & ~lower.isin(("+nan", "-nan")).to_numpy())
+        if len(wrong):
             raise TextrnnError(
-                f"{where} is not numeric: row {index + 2} holds {text[:40]!r} "
+                f"{where} is not numeric: row {wrong[0] + 2} holds {texts.iloc[wrong[0]][:40]!r} "
                 f"(missing values may be empty or one of {', '.join(sorted(m for m in MISSING if m))})"
-            ) from None
-        values[index] = value if math.isfinite(value) else math.nan
+            )
+    values = np.where(np.isfinite(values), values, np.nan)
     return values
 
 
-def parse_times(cells: list[str], time_format: str | None, where: str) -> tuple[np.ndarray, str]:
-    """Timestamps -> datetime64[s] (NaT for empty cells) and the format that read them all."""
-    texts = [cell.strip() for cell in cells]
-    present = [text for text in texts if text]
-    if not present:
+def parse_times(cells, time_format: str | None, where: str, dayfirst: bool | None = None) -> tuple[np.ndarray, str]:
+    """Timestamps as text -> datetime64[s] (NaT for empty cells) and the format that read them all.
+
+    Without ``time_format``, pandas guesses the format of the first time. A date that could be
+    day- or month-first is decided by the data: the usual order for its separator is tried first
+    (month-first with ``/`` as in US data, day-first with ``.`` or ``-``), and the other when a
+    time does not fit it (a day above 12); ``dayfirst`` fixes the order. ISO 8601 is read as a
+    whole (any mix of its forms), and times with a UTC offset or zone are converted to UTC.
+    """
+    cells = pd.Series(cells, dtype=object)
+    texts = cells.where(cells.notna(), "").astype(str).str.strip()
+    present = (texts != "").to_numpy()
+    if not present.any():
         raise TextrnnError(f"{where} is empty: there are no timestamps")
-    candidates = [time_format] if time_format else ["iso", *TIME_FORMATS]
-    furthest = (0, "", "")  # the failure after the most rows read: (row index, text, format)
+    first = texts[present].iloc[0]
+    candidates = [time_format] if time_format else _candidate_formats(first, dayfirst)
+    if not candidates:
+        raise TextrnnError(
+            f"{where} holds {first[:40]!r}, which is not a time this reader knows "
+            "(ISO 8601, 10/1/2004 1:00, 1.10.2004, ...): give its strptime format with --time-format, e.g. '%d/%m/%Y %H:%M'"
+        )
+    furthest = (-1, "", "")  # the failure after the most rows read: (row index, text, format)
     for candidate in candidates:
-        parse = _parser(candidate)
-        parsed = []
-        for text in texts:
-            if not text:
-                parsed.append(None)
-                continue
-            try:
-                parsed.append(parse(text))
-            except ValueError:
-                if len(parsed) > furthest[0] or not furthest[2]:
-                    furthest = (len(parsed), text, candidate)
-                break  # another format may read them all
-        else:
-            return np.array(parsed, dtype="datetime64[s]"), candidate
+        parsed = _parse_as(texts.where(present, None), candidate)
+        wrong = np.flatnonzero(present & np.isnat(parsed))
+        if len(wrong) == 0:
+            return parsed, "iso" if candidate == "iso" or "%z" in candidate or "%Z" in candidate else candidate
+        if wrong[0] > furthest[0]:
+            furthest = (int(wrong[0]), texts.iloc[wrong[0]], candidate)
     row, text, candidate = furthest
     if time_format:
         raise TextrnnError(
             f"{where}: row {row + 2} holds {text[:40]!r}, which does not match --time-format {time_format!r}"
         )
-    if row > 0 and any(parsed_text for parsed_text in texts[:row]):
+    if present[:row].any():
         raise TextrnnError(
             f"{where}: row {row + 2} holds {text[:40]!r}, which is not a time in the format of the rows before it "
             f"({'ISO 8601' if candidate == 'iso' else candidate}); fix the row or give --time-format"
         )
     raise TextrnnError(
-        f"{where} holds {present[0][:40]!r}, which is not a time this reader knows "
+        f"{where} holds {text[:40]!r}, which is not a time this reader knows "
         "(ISO 8601, 10/1/2004 1:00, 1.10.2004, ...): give its strptime format with --time-format, e.g. '%d/%m/%Y %H:%M'"
     )
 
 
-def _parser(time_format: str):
-    if time_format == "iso":
-        return _from_iso
-    return lambda text: datetime.strptime(text, time_format)
+def _candidate_formats(text: str, dayfirst: bool | None) -> list[str]:
+    """The formats pandas guesses for ``text``, most likely first: ``"iso"`` or strptime formats."""
+    meridian = _MERIDIAN.search(text)
+    if meridian:  # pandas guesses no 12-hour clock: guess the rest, then read the hour as %I with %p
+        text = text[: meridian.start()]
+    if dayfirst is None:
+        orders = (False, True) if "/" in text else (True, False)
+    else:
+        orders = (dayfirst, not dayfirst)
+    candidates = []
+    for order in orders:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas warns when it guesses against dayfirst; the data decides here
+            guess = guess_datetime_format(text, dayfirst=order)
+        if guess is None or re.search(r"%Y\W?%d\W?%m", guess):  # nobody writes year, day, month
+            continue
+        if meridian:
+            if "%H" not in guess:
+                continue
+            guess = guess.replace("%H", "%I") + meridian.group(1) + "%p"
+        if _ISO_FORMAT.fullmatch(guess):
+            guess = "iso"
+        # "May" is a full month name and an abbreviation: with %B guessed, %b is the other reading.
+        for candidate in (guess, guess.replace("%B", "%b")):
+            if candidate not in candidates:
+                candidates.append(candidate)
+        if dayfirst is not None:  # the order given, or the other for year-first dates, where it makes no difference
+            break
+    return candidates
 
 
-def _from_iso(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
+def _parse_as(texts: pd.Series, time_format: str) -> np.ndarray:
+    """Text (None where empty) -> datetime64[s], NaT where a time does not fit ``time_format``; offsets to UTC."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = pd.to_datetime(
+            texts, format="ISO8601" if time_format == "iso" else time_format, errors="coerce", utc=True
+        )
+    return _naive(parsed)
 
 
 def format_times(times: np.ndarray, time_format: str) -> list[str]:
@@ -233,107 +329,93 @@ def clean(times: np.ndarray, values: np.ndarray, name: str, max_gap: int, step_s
     if max_gap < 0:
         raise TextrnnError(f"--max-gap must be non-negative, got {max_gap}")
     report = {"rows": int(len(times))}
-    keep = ~np.isnat(times)
-    report["rows_without_time"] = int((~keep).sum())
-    times, values = times[keep].astype("datetime64[s]").astype(np.int64), values[keep]
-    if len(times) == 0:
+    frame = pd.DataFrame({"time": np.asarray(times).astype("datetime64[s]"), "value": np.asarray(values, np.float64)})
+    has_time = frame["time"].notna()
+    report["rows_without_time"] = int((~has_time).sum())
+    frame = frame[has_time]
+    if len(frame) == 0:
         raise TextrnnError(f"series {name!r} has no rows with a time")
-    order = np.argsort(times, kind="stable")
-    report["unsorted"] = bool((np.diff(times) < 0).any())
-    times, values = times[order], values[order]
-    report["missing_values"] = int(np.isnan(values).sum())
+    report["unsorted"] = not frame["time"].is_monotonic_increasing
+    report["missing_values"] = int(frame["value"].isna().sum())
 
-    # Duplicated times: average the values given (NaN when none is).
-    unique, first, counts = np.unique(times, return_index=True, return_counts=True)
-    report["duplicated_times"] = int((counts > 1).sum())
-    if report["duplicated_times"]:
-        group = np.repeat(np.arange(len(unique)), counts)
-        present = ~np.isnan(values)
-        sums = np.bincount(group, weights=np.where(present, values, 0.0), minlength=len(unique))
-        numbers = np.bincount(group, weights=present.astype(np.float64), minlength=len(unique))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = np.where(numbers > 0, sums / np.maximum(numbers, 1), np.nan)
-    else:
-        values = values[first]
-    times = unique
-    if np.isnan(values).all():
+    # Duplicated times (the autumn hour of local-time data): the mean of the values given, NaN when none is.
+    groups = frame.groupby("time", sort=True)["value"]
+    report["duplicated_times"] = int((groups.size() > 1).sum())
+    observed = groups.mean()
+    if observed.isna().all():
         raise TextrnnError(f"series {name!r} has no values: every cell is missing")
-    if len(times) < 2:
+    if len(observed) < 2:
         raise TextrnnError(f"series {name!r} has a single time: a series needs at least two")
 
-    differences = np.diff(times)
+    seconds = observed.index.to_numpy().astype("datetime64[s]").astype(np.int64)
+    differences = np.diff(seconds)
+    own = int(pd.Series(differences).mode().iloc[0])  # the most common step (the smallest of a tie)
     if step_seconds is None:
-        steps, step_counts = np.unique(differences, return_counts=True)
-        step_seconds = int(steps[np.argmax(step_counts)])
-    else:  # a stored model's step: the file must have it too, not a coarser one filled in by interpolation
-        steps, step_counts = np.unique(differences, return_counts=True)
-        own = int(steps[np.argmax(step_counts)])
-        if own != step_seconds:
-            raise TextrnnError(
-                f"series {name!r} has a step of {_duration(own)}, but the model was trained on a step of "
-                f"{_duration(step_seconds)}: resample the file to {_duration(step_seconds)} first"
-            )
+        step_seconds = own
+    elif own != step_seconds:  # a stored model's step: the file must have it too, not a coarser one filled in
+        raise TextrnnError(
+            f"series {name!r} has a step of {_duration(own)}, but the model was trained on a step of "
+            f"{_duration(step_seconds)}: resample the file to {_duration(step_seconds)} first"
+        )
     off_grid = np.flatnonzero(differences % step_seconds)
     if len(off_grid):
-        at = np.datetime64(int(times[off_grid[0] + 1]), "s")
+        at = np.datetime64(int(seconds[off_grid[0] + 1]), "s")
         raise TextrnnError(
             f"series {name!r} is not on a regular grid: {at} is not a whole number of steps of "
             f"{_duration(step_seconds)} after the time before it; resample the file to one step first"
         )
     report["step"] = _duration(step_seconds)
-
-    # Pieces separated by gaps of more than max_gap missing times; inside a piece, a full grid.
     missing_steps = differences // step_seconds - 1
-    breaks = np.flatnonzero(missing_steps > max_gap) + 1
     report["missing_times"] = int(missing_steps.sum())
-    grid_times, grid_values = [], []
-    for piece_times, piece_values in zip(np.split(times, breaks), np.split(values, breaks)):
-        slots = (piece_times - piece_times[0]) // step_seconds
-        full = np.full(int(slots[-1]) + 1, np.nan)
-        full[slots] = piece_values
-        grid_times.append(piece_times[0] + step_seconds * np.arange(len(full), dtype=np.int64))
-        grid_values.append(full)
 
-    # Missing values (from missing times or empty cells): interpolate runs of at most max_gap, split at longer ones.
-    segments, out_times, out_values = [], [], []
-    filled = 0
-    for piece_times, piece_values in zip(grid_times, grid_values):
-        for start, end in _present_runs(piece_values, max_gap):
-            chunk = piece_values[start:end].copy()
-            holes = np.isnan(chunk)
-            if holes.any():
-                index = np.arange(len(chunk))
-                chunk[holes] = np.interp(index[holes], index[~holes], chunk[~holes])
-                filled += int(holes.sum())
-            offset = sum(len(v) for v in out_values)
-            segments.append((offset, offset + len(chunk)))
-            out_times.append(piece_times[start:end])
-            out_values.append(chunk)
-    points = int(sum(len(v) for v in out_values))
-    span = int((times[-1] - times[0]) // step_seconds) + 1
-    report["filled"] = filled
-    report["left_out"] = span - points  # steps in gaps longer than max_gap: not invented
+    # The grid: every step of each piece between gaps of more than max_gap missing times. Those gaps are
+    # never filled, so they are not laid out either (memory stays O(rows) whatever the gaps).
+    piece_first = np.concatenate([[0], np.flatnonzero(missing_steps > max_gap) + 1])
+    piece_last = np.concatenate([piece_first[1:], [len(seconds)]]) - 1
+    lengths = (seconds[piece_last] - seconds[piece_first]) // step_seconds + 1
+    piece_of = np.repeat(np.arange(len(lengths)), lengths)  # (G,) the piece of each grid point
+    piece_offset = np.cumsum(lengths) - lengths
+    grid_seconds = (
+        seconds[piece_first][piece_of] + (np.arange(int(lengths.sum())) - piece_offset[piece_of]) * step_seconds
+    )
+    grid = observed.reindex(pd.DatetimeIndex(grid_seconds.astype("datetime64[s]")))
+
+    # Missing values (missing times and empty cells alike): a run of at most max_gap between two observed
+    # values of the same piece is interpolated in time; longer runs and runs at a piece's ends stay out.
+    holes = grid.isna().to_numpy()
+    edges = np.diff(np.concatenate([[0], holes.astype(np.int8), [0]]))
+    run_start, run_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # [start, end) of each run
+    inside = (run_start > piece_offset[piece_of[run_start]]) & (
+        run_end < (piece_offset + lengths)[piece_of[run_end - 1]]
+    )
+    fillable = inside & (run_end - run_start <= max_gap) & (piece_of[run_start] == piece_of[run_end - 1])
+    marks = np.zeros(len(holes) + 1, dtype=np.int64)
+    marks[run_start[fillable]] += 1
+    marks[run_end[fillable]] -= 1
+    fill = np.cumsum(marks[:-1]) > 0
+    result = grid.to_numpy(dtype=np.float64, copy=True)
+    if fill.any():
+        interpolated = grid.interpolate(method="time", limit=max_gap, limit_area="inside").to_numpy(dtype=np.float64)
+        result[fill] = interpolated[fill]
+
+    kept = np.flatnonzero(~np.isnan(result))
+    new_segment = np.ones(len(kept), dtype=bool)
+    new_segment[1:] = (np.diff(kept) > 1) | (np.diff(piece_of[kept]) != 0)
+    starts = np.flatnonzero(new_segment)
+    segments = list(zip(starts.tolist(), [*starts[1:].tolist(), len(kept)]))
+    span = int((seconds[-1] - seconds[0]) // step_seconds) + 1
+    report["filled"] = int(fill.sum())
+    report["left_out"] = span - len(kept)  # steps in gaps longer than max_gap: not invented
     report["segments"] = len(segments)
-    report["points"] = points
+    report["points"] = int(len(kept))
     return Series(
         name,
-        np.concatenate(out_times).astype("datetime64[s]"),
-        np.concatenate(out_values),
+        grid_seconds[kept].astype("datetime64[s]"),
+        result[kept],
         segments,
         step_seconds,
         report,
     )
-
-
-def _present_runs(values: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
-    """``[start, end)`` ranges that begin and end with a value and hold no run of more than ``max_gap`` NaNs."""
-    present = np.flatnonzero(~np.isnan(values))
-    if len(present) == 0:
-        return []
-    jumps = np.flatnonzero(np.diff(present) - 1 > max_gap)
-    starts = np.concatenate([[present[0]], present[jumps + 1]])
-    ends = np.concatenate([present[jumps], [present[-1]]]) + 1
-    return list(zip(starts.tolist(), ends.tolist()))
 
 
 def _duration(seconds: int) -> str:
@@ -607,3 +689,63 @@ def baseline_forecasts(values: np.ndarray, starts: np.ndarray, lookback: int, ho
     back = season * ((ahead // season) + 1)  # whole seasons, enough to reach an observed time
     seasonal = values[starts[:, None] + lookback + ahead - back]
     return {"persistence": persistence, "seasonal_naive": seasonal}
+
+
+# ----------------------------------------------------------------------------- prediction intervals
+
+
+def interval_pairs(levels) -> list[tuple[int, int]]:
+    """Central intervals of quantile ``levels`` (increasing): the outermost pair, then inwards, as index pairs."""
+    return [(low, len(levels) - 1 - low) for low in range(len(levels) // 2)]
+
+
+def interval_key(lower: float, upper: float) -> str:
+    return f"{lower:g}-{upper:g}"
+
+
+def pinball(actual: np.ndarray, quantiles: np.ndarray, levels) -> float:
+    """Mean pinball (quantile) loss over every point and level, in the data's units.
+
+    ``actual`` (N,), ``quantiles`` (N, Q): for level τ and error e = y - q, the loss is τ e when e >= 0
+    and (τ - 1) e otherwise; at τ = 0.5 it is half the absolute error.
+    """
+    actual = np.asarray(actual, dtype=np.float64).reshape(-1, 1)
+    quantiles = np.asarray(quantiles, dtype=np.float64).reshape(len(actual), -1)
+    error = actual - quantiles
+    tau = np.asarray(levels, dtype=np.float64)[None, :]
+    return float(np.mean(np.maximum(tau * error, (tau - 1) * error)))
+
+
+def interval_score(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray, below: float, above: float) -> float:
+    """Mean interval score of Gneiting and Raftery (2007) for the interval between the quantiles at levels
+    ``below`` and ``above`` (for a central (1 - α) interval, below = α/2 and above = 1 - α/2):
+    the width, plus (lower - y) / below where y falls under it and (y - upper) / (1 - above) where over it."""
+    actual, lower, upper = (np.asarray(item, dtype=np.float64).ravel() for item in (actual, lower, upper))
+    under = np.maximum(lower - actual, 0.0) / below
+    over = np.maximum(actual - upper, 0.0) / (1.0 - above)
+    return float(np.mean(upper - lower + under + over))
+
+
+def interval_metrics(actual: np.ndarray, quantiles: np.ndarray, levels) -> dict:
+    """Scores of quantile forecasts: ``actual`` (N,) or (W, H), ``quantiles`` (..., Q) at increasing ``levels``.
+
+    Returns ``coverage`` (the fraction of points inside each central interval, keyed like "0.1-0.9"),
+    ``width`` (its mean width) and ``interval_score`` (``interval_score``) for each, the ``pinball`` loss
+    (mean over the levels) and ``points``.
+    """
+    actual = np.asarray(actual, dtype=np.float64).ravel()
+    quantiles = np.asarray(quantiles, dtype=np.float64).reshape(len(actual), len(levels))
+    coverage, width, score = {}, {}, {}
+    for low, high in interval_pairs(levels):
+        key = interval_key(levels[low], levels[high])
+        lower, upper = quantiles[:, low], quantiles[:, high]
+        coverage[key] = float(np.mean((actual >= lower) & (actual <= upper))) if len(actual) else None
+        width[key] = float(np.mean(upper - lower)) if len(actual) else None
+        score[key] = interval_score(actual, lower, upper, levels[low], levels[high]) if len(actual) else None
+    return {
+        "coverage": coverage,
+        "width": width,
+        "interval_score": score,
+        "pinball": pinball(actual, quantiles, levels) if len(actual) else None,
+        "points": int(actual.size),
+    }
