@@ -28,6 +28,7 @@ from textrnn import checkpoint
 from textrnn.distributed import World
 from textrnn.errors import TextrnnError
 from textrnn.nn import detach_state, map_state
+from textrnn.step import Step, build_optimizer, check_precision, graph_obstacle, matmul_precision
 
 LOG_EVERY = 50  # steps between reads of the running loss (one host sync each)
 AGREE_EVERY = 10  # with several processes: steps between agreements on stopping (one collective each)
@@ -96,20 +97,6 @@ def progress(config, per_epoch: int, step: int, elapsed: float) -> float:
     return max(fractions)
 
 
-def build_optimizer(model: torch.nn.Module, config) -> torch.optim.Optimizer:
-    # Weight decay on matrices only: biases and embeddings are left alone.
-    def decays(name: str, parameter: torch.nn.Parameter) -> bool:
-        return parameter.dim() >= 2 and not name.startswith("embedding")
-
-    named = list(model.named_parameters())
-    groups = [
-        {"params": [p for n, p in named if decays(n, p)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
-    ]
-    optimizer = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}.get(config.optimizer, torch.optim.AdamW)
-    return optimizer(groups, lr=config.lr)
-
-
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -172,16 +159,27 @@ def fit(
     report = callback if callback is not None and world.main else (lambda event, info: None)
     out_dir = Path(out_dir)
     saved = read_resume_state(out_dir, world) if resume else None
-    precision = getattr(config, "precision", "fp32")
-    if precision == "bf16" and device.type not in ("cpu", "cuda"):
-        raise TextrnnError(f"--precision bf16 runs on CPUs and CUDA GPUs, not on {device.type}: use --precision fp32")
+    check_precision(getattr(config, "precision", "fp32"), device)
     torch.manual_seed(config.seed)
     model = task.build_model().to(device)
     if world.active:  # the same initial weights everywhere, then each process its own dropout masks
         torch.manual_seed((config.seed + world.rank) % 2**63)
-    optimizer = build_optimizer(model, config)
+    obstacle = graph_obstacle(config, device, world.active)
+    optimizer = build_optimizer(model, config, capturable=obstacle is None)
     # With several processes, DDP averages the gradients of their rows: the gradient of the global batch.
     stepper = torch.nn.parallel.DistributedDataParallel(model) if world.active else model
+    global_rows = task.batch_size
+
+    def loss_of(model, batch, state):
+        rows = batch[0].shape[0]
+        if rows == 0:  # a short last batch left this process no rows: it adds nothing, but takes part
+            return sum(p.sum() for p in model.parameters()) * 0.0, state
+        loss, state = task.loss(model, batch, state)
+        if world.active and not task.even_rows:  # DDP averages the processes: weigh each by its rows
+            loss = loss * (rows * world.size / global_rows)
+        return loss, state
+
+    step_function = Step(loss_of, task.carries_state, model, stepper, optimizer, config, device, obstacle)
     counters = {
         "step": 0,
         "epoch": 0,
@@ -201,6 +199,8 @@ def fit(
         counters.update(saved["trainer"]["counters"])
         rng = saved["trainer"]["rng"]
         set_rng_state(rng[world.rank] if isinstance(rng, list) else rng)  # a list: one per process
+        if step_function.scaler is not None and "scaler" in saved["trainer"]:
+            step_function.scaler.load_state_dict(saved["trainer"]["scaler"])
         if task.carries_state:
             rows = world.rows(task.batch_size, strict=True)
             state = map_state(lambda tensor: tensor[:, rows].to(device), saved["trainer"].get("hidden"))
@@ -225,11 +225,9 @@ def fit(
     first_step = counters["step"]
     check_steps = config.max_bad_steps > 0 and device.type == "cpu"
     patience = getattr(config, "patience", 0)
-    bf16 = precision == "bf16"
-    threshold = config.clip if config.clip > 0 else math.inf  # an infinite threshold only measures the norm
     zero = torch.zeros((), device=device)
     loss_sum, loss_steps, window_sum, window_steps = zero.clone(), 0, zero.clone(), 0  # window: since the last eval
-    norm = zero.clone()
+    norm, lr = zero.clone(), config.lr
     bad_in_a_row = 0
     last = {"train": {}, "val": {}}
     flags = {"interrupted": False, "stopped_early": False}
@@ -274,7 +272,7 @@ def fit(
             "epoch": counters["epoch"],
             task.unit: counters[task.unit],
             "elapsed_sec": round(counters["elapsed"], 3),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr,
             **last["train"],
             **val,
             f"best_{metric}": counters["best_val"],
@@ -289,6 +287,8 @@ def fit(
                 "rng": every_rng,
                 "hidden": map_state(lambda tensor: tensor.detach().cpu(), every_row),
             }
+            if step_function.scaler is not None:
+                trainer_state["scaler"] = step_function.scaler.state_dict()
             checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
             checkpoint.append_metrics(out_dir, record)
         eval_time += time.perf_counter() - started
@@ -313,36 +313,23 @@ def fit(
         return flags["interrupted"] or finished(shared_elapsed)
 
     done = finished(elapsed())
-    with checkpoint.locked(out_dir) if world.main else contextlib.nullcontext():  # one trainer per run directory
+    lock = checkpoint.locked(out_dir) if world.main else contextlib.nullcontext()  # one trainer per run directory
+    with lock, matmul_precision(getattr(config, "precision", "fp32")):
         model.train()
         while not done:
             for batch in task.batches(counters["epoch"], counters["batch"]):
                 global_rows = batch[0].shape[0]
                 rows = world.rows(global_rows, strict=task.even_rows)
-                local = tuple(tensor[rows] for tensor in batch)
                 now = shared_elapsed if world.active else elapsed()
                 lr = learning_rate(config, counters["step"], progress(config, task.per_epoch, counters["step"], now))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    if local[0].shape[0]:
-                        loss, state = task.loss(stepper, local, detach_state(state) if task.carries_state else None)
-                    else:  # a short last batch left this process no rows: it adds nothing, but takes part
-                        loss = sum(p.sum() for p in model.parameters()) * 0.0
-                if bf16 and state is not None:  # carry the state in fp32 like the weights
-                    state = map_state(lambda tensor: tensor.float(), state)
-                if world.active and not task.even_rows:  # DDP averages processes: weigh each by its rows
-                    loss = loss * (local[0].shape[0] * world.size / global_rows)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # The norm also tells a non-finite step.
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), threshold, foreach=True)
+                carried = detach_state(state) if task.carries_state else None
+                loss, state, norm, applied = step_function(
+                    tuple(tensor[rows] for tensor in batch), carried, lr, skip_nonfinite=check_steps
+                )
+                while step_function.notes:  # why the steps are not graphed, once
+                    report("note", {"message": step_function.notes.pop(0)})
                 counters["batch"] += 1
-                # Skipping needs the norm on the host: free on the CPU, a sync on a GPU, where divergence
-                # is caught instead at the next validation (non-finite loss or weights stop the run there).
-                if check_steps and not bool(torch.isfinite(norm)):
-                    optimizer.zero_grad(set_to_none=True)
-                    state = None  # the state may be poisoned too
+                if not applied:  # a non-finite loss or gradient (checked on the CPU, where the read is free)
                     counters["skipped_steps"] += 1
                     bad_in_a_row += 1
                     if bad_in_a_row >= config.max_bad_steps:
@@ -355,7 +342,6 @@ def fit(
                         break
                     continue
                 bad_in_a_row = 0
-                optimizer.step()
                 loss_sum += loss.detach()
                 window_sum += loss.detach()
                 loss_steps += 1
