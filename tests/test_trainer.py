@@ -146,3 +146,67 @@ def test_language_models_stop_early_with_patience(tiny_corpus, tmp_path, monkeyp
     options = {**TINY_TRAIN, "max_steps": 100, "eval_every": 3, "patience": 2}
     summary = train(ModelConfig(**TINY_MODEL), TrainConfig(corpus=str(tiny_corpus), **options), tmp_path / "run")
     assert summary["stopped_early"] and summary["steps"] == 12 and summary["best_val_perplexity"] == 4.0
+
+
+def test_an_exponential_moving_average_follows_its_formula():
+    from textrnn.trainer import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    average = WeightAverage(model, "ema", decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for value in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(value)
+        average.update(model)
+        expected = [0.9 * e + 0.1 * value for e in expected]
+    assert all(torch.allclose(w, e) for w, e in zip(average.weights, expected))
+    uniform = WeightAverage(model, "asgd", decay=0.0)
+    for value in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(value)
+        uniform.update(model)
+    assert all(torch.allclose(w, torch.full_like(w, 3.0)) for w in uniform.weights)
+    with uniform.swapped_into(model):
+        assert all(torch.equal(p, torch.full_like(p, 3.0)) for p in model.parameters())
+    assert all(torch.equal(p, torch.full_like(p, 6.0)) for p in model.parameters())  # its own weights again
+
+
+def test_averaged_weights_become_best_when_they_win(tmp_path):
+    events = []
+    # Each validation scores the trained weights, then the averaged ones: the average wins at step 10.
+    task = LinearTask(scores=[3.0, 2.9, 2.0, 1.0, 2.5, 2.4])
+    result = run(task, tmp_path / "run", events, max_steps=15, average="ema", average_decay=0.5)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["avg_val_mse"] for r in records] == [2.9, 1.0, 2.4]
+    assert result["best_val"] == 1.0
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["averaged"] and best["step"] == 10
+
+
+def test_asgd_starts_averaging_after_validations_without_a_gain(tmp_path):
+    task = LinearTask(scores=[3.0, 2.0, 2.5, 2.6, 2.7, 1.5, 2.8, 2.9])
+    run(task, tmp_path / "run", max_steps=25, average="asgd", average_after=2)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # Steps 15 and 20 gain nothing: the average starts after step 20 and is scored from step 25 on.
+    assert ["avg_val_mse" in r for r in records] == [False, False, False, False, True]
+
+
+def test_a_run_with_an_average_resumes_exactly(tmp_path):
+    options = {"max_steps": 17, "average": "ema", "average_decay": 0.8}
+    straight = fit(
+        LinearTask(), config(**options), tmp_path / "a", world=World(), device=torch.device("cpu"), run_config={}
+    )
+    calls = []
+    fit(
+        LinearTask(), config(**options), tmp_path / "b", world=World(), device=torch.device("cpu"), run_config={},
+        should_stop=lambda: calls.append(1) or len(calls) == 8,
+    )  # fmt: skip
+    resumed = fit(
+        LinearTask(), config(**options), tmp_path / "b", world=World(), device=torch.device("cpu"), resume=True
+    )
+    assert resumed["best_val"] == straight["best_val"]
+    states = [torch.load(tmp_path / run / "last.pt", weights_only=True)["trainer"]["average"] for run in ("a", "b")]
+    assert states[0]["count"] == states[1]["count"] == 17
+    assert all(torch.equal(x, y) for x, y in zip(states[0]["weights"], states[1]["weights"]))

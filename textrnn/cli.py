@@ -20,19 +20,23 @@ import click
 from textrnn.checkpoint import json_safe
 from textrnn.cli_common import (
     ProgressPrinter,
+    columns,
     command,
     dataclass_defaults,
     defaulted_option,
     given,
     load_config,
     number,
+    parse_cells,
     resumed_config,
     run_with_progress,
     set_threads,
 )
 from textrnn.config import (
+    AVERAGES,
     BACKENDS,
     CELLS,
+    CUDA_GRAPHS,
     DEFAULT_EPOCHS,
     DEFAULT_SECONDS,
     DEVICES,
@@ -114,6 +118,29 @@ _TRAINING_OPTIONS = [
     _option("--transition-depth", type=int, help="Layers inside the recurrent transition (DT-RNN, scratch backend)."),
     _option("--output-depth", type=int, help="Layers between the recurrent state and the head (DO-RNN)."),
     _option(
+        "--weight-drop", type=float, help="DropConnect on the recurrent matrices W_hh, one mask per batch (AWD-LSTM)."
+    ),
+    _option(
+        "--dropout-embedding", type=float, help="Locked dropout (one mask per row, shared over time) on the embeddings."
+    ),
+    _option("--dropout-layers", type=float, help="Locked dropout between recurrent layers."),
+    _option("--dropout-output", type=float, help="Locked dropout on the last layer's outputs, before the head."),
+    _option(
+        "--embedding-dropout",
+        type=float,
+        help="Drop whole rows of the embedding matrix (characters); rescale the rest.",
+    ),
+    _option(
+        "--tie-weights/--untie-weights",
+        default=None,
+        help="The head shares the embedding matrix (through a projection when the widths differ).",
+    ),
+    _option(
+        "--zoneout", type=float, help="Zoneout on h and c: each unit keeps its value with this probability (scratch)."
+    ),
+    _option("--ar-alpha", type=float, help="Activation regularization: alpha * mean(h^2) of the last layer's outputs."),
+    _option("--tar-beta", type=float, help="Temporal activation regularization: beta * mean((h_t - h_(t-1))^2)."),
+    _option(
         "--task",
         type=click.Choice(TASKS),
         help="causal: predict the next character; infill: predict each character from both sides (bidirectional).",
@@ -151,7 +178,21 @@ _TRAINING_OPTIONS = [
     _option(
         "--precision",
         type=click.Choice(PRECISIONS),
-        help="bf16: autocast the training steps (fused LSTM/RNN kernels, matrix products); validation stays fp32.",
+        help="bf16: autocast the training steps (CPU; GPU with --backend scratch); fp16 (CUDA): autocast with a "
+        "loss scaler on cuDNN's fp16 kernels; tf32 (CUDA): TF32 matrix products. Weights, state and validation: fp32.",
+    ),
+    _option(
+        "--average",
+        type=click.Choice(AVERAGES),
+        help="Averaged weights evaluated beside the trained ones (kept as best.pt when better): an exponential "
+        "moving average, or NT-ASGD's average of the iterates once validation stops improving.",
+    ),
+    _option("--average-decay", type=float, help="With --average ema: the running average's weight per step."),
+    _option("--average-after", type=int, help="With --average asgd: validations without a gain before it starts."),
+    _option(
+        "--cuda-graphs",
+        type=click.Choice(CUDA_GRAPHS),
+        help="Capture the whole training step in a CUDA graph and replay it (auto: on CUDA where valid).",
     ),
     _option("--threads", type=int, help="CPU threads for torch.", default_text="torch's choice"),
 ]
@@ -264,12 +305,7 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **opti
 @command
 def compare(cells, out, plot, data_dir, threads, json_output, **options):
     """Train several cells with the same budget and hyperparameters and tabulate the results."""
-    names = [name.strip() for name in cells.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CELLS]
-    if len(set(names)) < len(names):
-        raise TextrnnError(f"--cells names a cell twice: {cells!r}")
-    if not names or unknown:
-        raise TextrnnError(f"--cells takes a comma-separated list of {', '.join(CELLS)}; got {cells!r}")
+    names = parse_cells(cells)
     configs = [_configs(options, name) for name in names]  # every config is checked before any training
     if plot is not None:
         from textrnn.plots import require_matplotlib
@@ -324,10 +360,7 @@ def _table(rows: list[dict]) -> str:
         )
         for row in rows
     ]
-    widths = [max(len(str(item)) for item in column) for column in zip(header, *lines)]
-    return "\n".join(
-        "  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip() for line in [header, *lines]
-    )
+    return columns([header, *lines])
 
 
 class _TrainPrinter(ProgressPrinter):
@@ -482,7 +515,6 @@ def serve(checkpoint, weights, host, port, device, threads, model_name, drain_se
         err=True,
     )
     run_server(app, drain_seconds=drain_seconds, sock=sock)
-    click.echo("stopped", err=True)
 
 
 @cli.command("eval")

@@ -104,9 +104,27 @@ def resumed_config(stored, options: dict):
     return with_limits(config, **{name: options.get(name) for name in LIMITS})
 
 
+def parse_cells(cells: str) -> list[str]:
+    """``--cells gru,lstm``: distinct known cells, in order."""
+    from textrnn.config import CELLS
+
+    names = [name.strip() for name in cells.split(",") if name.strip()]
+    if not names or any(name not in CELLS for name in names) or len(set(names)) < len(names):
+        raise TextrnnError(
+            f"--cells takes a comma-separated list of distinct cells from {', '.join(CELLS)}; got {cells!r}"
+        )
+    return names
+
+
 def given(values: dict, cls) -> dict:
     names = {field.name for field in dataclasses.fields(cls)}
     return {key: item for key, item in values.items() if key in names and item is not None}
+
+
+def columns(lines: list[tuple]) -> str:
+    """Rows of cells as left-aligned text columns."""
+    widths = [max(len(str(item)) for item in column) for column in zip(*lines)]
+    return "\n".join("  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip() for line in lines)
 
 
 def number(value: float, digits: int = 3) -> str:
@@ -219,6 +237,8 @@ class ProgressPrinter:
             self.bar.set_postfix_str(self.log_text(info), refresh=False)
         elif event == "eval":
             tqdm.write(self.eval_line(info), file=sys.stderr)
+        elif event == "note":
+            tqdm.write(info["message"], file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

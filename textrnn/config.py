@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 
 from textrnn.errors import TextrnnError
-from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend
+from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend, check_regularizers
+from textrnn.nn.regularize import check_probability
 from textrnn.tokenizer import TOKENIZERS
 
 TASKS = ("causal", "infill")
@@ -25,7 +26,9 @@ SCHEDULES = ("cosine", "constant")
 PARTITIONS = ("sequential", "random")
 NORMALIZATIONS = ("d2l", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
+CUDA_GRAPHS = ("auto", "on", "off")
+AVERAGES = ("none", "ema", "asgd")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -56,6 +59,20 @@ def _check_training(config) -> None:
     _require(config.warmup_steps >= 0, f"--warmup-steps must be non-negative, got {config.warmup_steps}")
     _require(config.eval_every >= 1, f"--eval-every must be at least 1, got {config.eval_every}")
     _require(config.patience >= 0, f"--patience must be non-negative, got {config.patience}")
+    _require(
+        config.precision in PRECISIONS, f"unknown precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}"
+    )
+    _require(
+        config.precision == "fp32" or config.device != "mps",
+        f"--precision {config.precision} runs on CPUs and CUDA GPUs: use --device cpu or cuda, or --precision fp32",
+    )
+    _require(config.average in AVERAGES, f"unknown --average {config.average!r}: choose one of {', '.join(AVERAGES)}")
+    _require(0 < config.average_decay < 1, f"--average-decay must be in (0, 1), got {config.average_decay}")
+    _require(config.average_after >= 1, f"--average-after must be at least 1, got {config.average_after}")
+    _require(
+        config.cuda_graphs in CUDA_GRAPHS,
+        f"unknown --cuda-graphs {config.cuda_graphs!r}: choose one of {', '.join(CUDA_GRAPHS)}",
+    )
     _require(config.epochs is None or config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}")
     _require(
         config.max_steps is None or config.max_steps >= 1, f"--max-steps must be at least 1, got {config.max_steps}"
@@ -79,11 +96,12 @@ def _check_encoder(config) -> None:
     _require(config.hidden_size >= 1, f"--hidden-size must be at least 1, got {config.hidden_size}")
     _require(1 <= config.num_layers <= 100, f"--num-layers must be in [1, 100], got {config.num_layers}")
     _require(0.0 <= config.dropout < 1.0, f"--dropout must be in [0, 1), got {config.dropout}")
+    zoneout = getattr(config, "zoneout", 0.0)  # language models only
     if config.backend == "auto":
-        scratch = config.cell in SCRATCH_ONLY_CELLS or config.transition_depth > 1
+        scratch = config.cell in SCRATCH_ONLY_CELLS or config.transition_depth > 1 or zoneout > 0
         object.__setattr__(config, "backend", "scratch" if scratch else "fused")
     _require(config.backend in BACKENDS, f"unknown backend {config.backend!r}: choose one of {', '.join(BACKENDS)}")
-    check_backend(config.cell, config.backend, config.transition_depth)
+    check_backend(config.cell, config.backend, config.transition_depth, zoneout)
     _require(config.transition_depth <= 100, f"--transition-depth must be at most 100, got {config.transition_depth}")
 
 
@@ -103,9 +121,25 @@ class ModelConfig:
     transition_depth: int = 1
     output_depth: int = 1
     task: str = "causal"
+    # Regularizers of the AWD-LSTM family (textrnn.nn.regularize); 0 / False: off, as in runs made before them.
+    weight_drop: float = 0.0  # DropConnect on the recurrent matrices W_hh, one mask per batch
+    dropout_embedding: float = 0.0  # locked dropout (one mask per row over time) on the embedding output
+    dropout_layers: float = 0.0  # locked dropout between layers
+    dropout_output: float = 0.0  # locked dropout on the last layer's outputs, before the head
+    embedding_dropout: float = 0.0  # whole rows of the embedding matrix (characters) dropped
+    tie_weights: bool = False  # the head's matrix is the embedding matrix (a projection when the widths differ)
+    zoneout: float = 0.0  # zoneout on h and c (scratch cells)
 
     def __post_init__(self) -> None:
+        check_regularizers(self.weight_drop, self.dropout_layers, self.zoneout)
+        for name in ("dropout_embedding", "dropout_output", "embedding_dropout"):
+            check_probability(getattr(self, name), "--" + name.replace("_", "-"))
         _check_encoder(self)
+        _require(
+            not (self.one_hot and (self.tie_weights or self.embedding_dropout or self.dropout_embedding)),
+            "--tie-weights, --embedding-dropout and --dropout-embedding act on the embedding: use --embedding, "
+            "not --one-hot",
+        )
         _require(self.embedding_size >= 1, f"--embedding-size must be at least 1, got {self.embedding_size}")
         _require(self.vocab_size >= 0, f"vocab_size must be non-negative, got {self.vocab_size}")
         _require(self.task in TASKS, f"unknown task {self.task!r}: choose one of {', '.join(TASKS)}")
@@ -149,15 +183,24 @@ class TrainConfig:
     max_seconds: float | None = None
     eval_every: int = 200
     patience: int = 0  # validations without a better perplexity before stopping early (0: never)
+    ar_alpha: float = 0.0  # activation regularization: alpha * mean(h^2) of the last layer's (dropped) outputs
+    tar_beta: float = 0.0  # temporal activation regularization: beta * mean((h_t - h_{t-1})^2) of its raw outputs
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"  # bf16: autocast for the training steps (validation stays fp32)
+    precision: str = "fp32"  # bf16 / fp16: autocast for the training steps (validation stays fp32); tf32 (CUDA)
+    cuda_graphs: str = "auto"  # whole-step CUDA graphs where valid (see textrnn.step)
+    average: str = "none"  # averaged weights, evaluated beside the trained ones: ema | asgd (see trainer)
+    average_decay: float = 0.999  # ema: the weight of the running average at each step
+    average_after: int = 2  # asgd: validations without a gain before the averaging starts
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_steps is None and self.max_seconds is None:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
             object.__setattr__(self, "max_seconds", DEFAULT_SECONDS)
         _check_training(self)
+        for name in ("ar_alpha", "tar_beta"):
+            value = getattr(self, name)
+            _require(0 <= value < math.inf, f"--{name.replace('_', '-')} must be non-negative and finite, got {value}")
         _require(
             self.partition in PARTITIONS, f"unknown partition {self.partition!r}: choose one of {', '.join(PARTITIONS)}"
         )
@@ -172,13 +215,6 @@ class TrainConfig:
         )
         _require(
             self.tokenizer in TOKENIZERS, f"unknown tokenizer {self.tokenizer!r}: choose one of {', '.join(TOKENIZERS)}"
-        )
-        _require(
-            self.precision in PRECISIONS, f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
-        )
-        _require(
-            self.precision == "fp32" or self.device != "mps",
-            "--precision bf16 runs on CPUs and CUDA GPUs: use --device cpu or cuda, or --precision fp32",
         )
 
 
@@ -201,7 +237,8 @@ class SampleConfig:
         _require(all(isinstance(stop, str) and stop for stop in self.stop), "--stop takes non-empty text")
         _require(1 <= self.beam <= 1000, f"--beam must be in [1, 1000], got {self.beam}")
         _require(
-            self.beam == 1 or (self.temperature == 1.0 and self.top_k is None and self.top_p is None and not self.greedy),
+            self.beam == 1
+            or (self.temperature == 1.0 and self.top_k is None and self.top_p is None and not self.greedy),
             "--beam searches for the most likely text: it takes no --temperature, --top-k, --top-p or --greedy",
         )
         _require(
@@ -240,6 +277,9 @@ class ForecastConfig:
     time_format: str | None = None  # None: ISO 8601 or a common format, detected
     dayfirst: bool | None = None  # None: day/month order decided by the data (a day above 12)
     max_gap: int = 6  # missing steps interpolated; longer gaps split the series
+    covariates: tuple[str, ...] = ()  # observed columns: known up to the forecast time (read in the look-back)
+    future_covariates: tuple[str, ...] = ()  # known-ahead columns: also read for the steps forecast
+    country: str | None = None  # its public holidays (holidays package) as a known-ahead 0/1 feature
     calendar: str = "linear"
     lookback: int = 90
     horizon: int = 1
@@ -270,10 +310,20 @@ class ForecastConfig:
     eval_every: int = 200
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"  # see TrainConfig
+    cuda_graphs: str = "auto"
+    average: str = "none"  # see TrainConfig
+    average_decay: float = 0.999
+    average_after: int = 2
+    decoder: bool = False  # a recurrent decoder over the horizon instead of the direct multi-output head
+    quantiles: tuple[float, ...] = ()  # quantile levels trained with the pinball loss; (): point forecasts (loss)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "quantiles", check_quantiles(self.quantiles))
         object.__setattr__(self, "csv", tuple(str(path) for path in self.csv))
         object.__setattr__(self, "target", tuple(self.target))
+        object.__setattr__(self, "covariates", tuple(self.covariates))
+        object.__setattr__(self, "future_covariates", tuple(self.future_covariates))
         if self.epochs is None and self.max_steps is None and self.max_seconds is None:
             object.__setattr__(self, "epochs", FORECAST_DEFAULT_EPOCHS)
             object.__setattr__(self, "max_seconds", FORECAST_DEFAULT_SECONDS)
@@ -291,6 +341,34 @@ class ForecastConfig:
         _require(1 <= self.horizon <= 10_000, f"--horizon must be in [1, 10000], got {self.horizon}")
         _require(self.season is None or self.season >= 1, f"--season must be at least 1, got {self.season}")
         _require(0 <= self.max_gap <= 1_000_000, f"--max-gap must be in [0, 1000000], got {self.max_gap}")
+        _require(
+            not (self.decoder and self.bidirectional),
+            "--decoder starts from the encoder's final state, which a bidirectional encoder does not end in: "
+            "drop --bidirectional or --decoder",
+        )
+
+
+def check_quantiles(levels) -> tuple[float, ...]:
+    """Quantile levels as given (a tuple, a list or "0.1,0.5,0.9") -> a tuple of floats, each in (0, 1),
+    strictly increasing, with 0.5 among them (the median is the point forecast)."""
+    if isinstance(levels, str):
+        levels = [part for part in levels.split(",") if part.strip()]
+    try:
+        levels = tuple(float(level) for level in levels or ())
+    except (TypeError, ValueError):
+        raise TextrnnError(f"--quantiles takes numbers separated by commas, e.g. 0.1,0.5,0.9; got {levels!r}") from None
+    if not levels:
+        return ()
+    shown = ",".join(f"{level:g}" for level in levels)
+    _require(all(0.0 < level < 1.0 for level in levels), f"--quantiles must each be in (0, 1), got {shown}")
+    _require(len(set(levels)) == len(levels), f"--quantiles names a level twice: {shown}")
+    _require(list(levels) == sorted(levels), f"--quantiles must be in increasing order, got {shown}")
+    _require(
+        0.5 in levels,
+        "--quantiles must include 0.5, the median, which is the point forecast: e.g. "
+        + ",".join(f"{level:g}" for level in sorted({*levels, 0.5})),
+    )
+    return levels
 
 
 def with_limits(config: TrainConfig, **limits) -> TrainConfig:

@@ -17,31 +17,45 @@ import numpy as np
 from textrnn.checkpoint import json_safe
 from textrnn.cli_common import (
     ProgressPrinter,
+    columns,
     command,
     dataclass_defaults,
     defaulted_option,
     given,
     load_config,
     number,
+    parse_cells,
     resumed_config,
     run_with_progress,
     set_threads,
 )
 from textrnn.config import (
+    AVERAGES,
     BACKENDS,
     CELLS,
+    CUDA_GRAPHS,
     DEVICES,
     FORECAST_DEFAULT_EPOCHS,
     FORECAST_DEFAULT_SECONDS,
     FORECAST_LOSSES,
     OPTIMIZERS,
+    PRECISIONS,
     SCHEDULES,
     ForecastConfig,
 )
 from textrnn.errors import TextrnnError
 from textrnn.timeseries import CALENDARS, describe, format_times
 
-_JSON_KEYS = ("test", "overall", "baselines", "baselines_overall", "elapsed_sec", "checkpoint")
+_JSON_KEYS = (
+    "test",
+    "overall",
+    "baselines",
+    "baselines_overall",
+    "intervals",  # with --quantiles
+    "intervals_overall",
+    "elapsed_sec",
+    "checkpoint",
+)
 _option = functools.partial(defaulted_option, dataclass_defaults(ForecastConfig))
 
 
@@ -72,6 +86,18 @@ _DATA_OPTIONS = [
         default_text="decided by the data: a day above 12, else month-first with '/', day-first with '.' or '-'",
     ),
     _option("--max-gap", type=int, help="Missing steps filled by time interpolation; longer gaps split the series."),
+    _option(
+        "--covariates",
+        multiple=True,
+        help="Observed columns (known up to the forecast time) the model reads; repeat or comma-separate.",
+    ),
+    _option(
+        "--future-covariates",
+        multiple=True,
+        help="Known-ahead columns (a temperature forecast, a price plan): read for the steps forecast too; "
+        "predict needs them in --future-csv.",
+    ),
+    _option("--country", help="Public holidays of this ISO 3166 code (US, DE, US-OH) as a known-ahead feature."),
 ]
 
 _TRAINING_OPTIONS = [
@@ -104,6 +130,18 @@ _TRAINING_OPTIONS = [
         default=None,
         help="The head predicts the change from the last observed value, or the value itself.",
     ),
+    _option(
+        "--decoder/--no-decoder",
+        default=None,
+        help="A recurrent decoder over the horizon (reading the calendar of each target time and the values whole "
+        "seasons before it) instead of the direct head (last state -> horizon values).",
+    ),
+    _option(
+        "--quantiles",
+        help="Quantile levels for prediction intervals, e.g. 0.1,0.5,0.9 (each in (0, 1), increasing, with 0.5: "
+        "the median is the point forecast); trained with the pinball loss instead of --loss.",
+        default_text="none: point forecasts",
+    ),
     _option("--batch-size", type=int, help="Windows per batch."),
     _option("--optimizer", type=click.Choice(OPTIMIZERS)),
     _option("--lr", type=float, help="Peak learning rate."),
@@ -125,6 +163,11 @@ _TRAINING_OPTIONS = [
     _option("--eval-every", type=int, help="Steps between validations and checkpoints."),
     _option("--seed", type=int, help="Random seed."),
     _option("--device", type=click.Choice(DEVICES)),
+    _option("--precision", type=click.Choice(PRECISIONS), help="As for textrnn train."),
+    _option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS), help="As for textrnn train."),
+    _option("--average", type=click.Choice(AVERAGES), help="As for textrnn train."),
+    _option("--average-decay", type=float, help="As for textrnn train."),
+    _option("--average-after", type=int, help="As for textrnn train."),
     _option("--threads", type=int, help="CPU threads for torch.", default_text="torch's choice"),
 ]
 
@@ -146,6 +189,8 @@ def _config(options: dict, cell: str | None = None) -> ForecastConfig:
     options = dict(options)
     options["csv"] = tuple(str(path) for path in (options.get("csv") or ()))
     options["target"] = _split_list(options.get("target"))
+    for key in ("covariates", "future_covariates"):
+        options[key] = _split_list(options.get(key)) or None
     if cell is not None:
         options["cell"] = cell
     values = given(options, ForecastConfig)
@@ -220,12 +265,28 @@ def _score_table(results: dict) -> str:
                     f"{scores['points']:,}",
                 )
             )
-    return _columns(lines)
+    return columns(lines)
 
 
-def _columns(lines: list[tuple]) -> str:
-    widths = [max(len(str(item)) for item in column) for column in zip(*lines)]
-    return "\n".join("  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip() for line in lines)
+def _interval_table(results: dict) -> str:
+    """With --quantiles: per series, each central interval's coverage, width and interval score, and the pinball loss."""
+    lines = [("series", "interval", "coverage", "mean width", "interval score", "pinball")]
+    groups = list(results["intervals"].items())
+    if len(groups) > 1:
+        groups.append(("all series", results["intervals_overall"]))
+    for name, scores in groups:
+        for position, key in enumerate(scores["coverage"]):
+            lines.append(
+                (
+                    name if position == 0 else "",
+                    key,
+                    f"{100 * scores['coverage'][key]:.1f}%",
+                    number(scores["width"][key], 1),
+                    number(scores["interval_score"][key], 1),
+                    number(scores["pinball"], 2) if position == 0 else "",
+                )
+            )
+    return columns(lines)
 
 
 def _json(results: dict, extra: tuple[str, ...] = ()) -> str:
@@ -309,6 +370,8 @@ def train_command(out, resume, plot, tensorboard, threads, json_output, **option
             f"test part, {config.horizon} step{'s' if config.horizon > 1 else ''} ahead, best weights:\n"
             f"{_score_table(summary)}\nsaved in {summary['checkpoint']}" + (f"; plot in {plot}" if plot else "")
         )
+        if "intervals" in summary:
+            click.echo(f"prediction intervals on the test part:\n{_interval_table(summary)}")
     if summary["interrupted"]:
         click.echo(f"interrupted: continue with  textrnn forecast train --out {out} --resume", err=True)
         sys.exit(130)
@@ -353,6 +416,8 @@ def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
             ", ".join(map(str, csv_files)) + " (every window)" if csv_files else "the test part of the training files"
         )
         click.echo(f"{source}, {results['checkpoint']} ({results['weights']} weights):\n{_score_table(results)}")
+        if "intervals" in results:
+            click.echo(f"prediction intervals:\n{_interval_table(results)}")
 
 
 @forecast.command("predict")
@@ -367,6 +432,14 @@ def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
 @click.option(
     "--steps", type=int, default=24, show_default=True, help="Steps to forecast (recursively past --horizon)."
 )
+@click.option(
+    "--future-csv",
+    "future_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="The known-ahead covariates of the steps to forecast (the time column and those columns); one file "
+    "for all series, or one per --csv file.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="CSV file to write.  [default: stdout]")
 @click.option(
     "--plot",
@@ -374,7 +447,7 @@ def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
     help="Write a PNG of the end of each series and its forecast.",
 )
 @command
-def predict_command(checkpoint, weights, csv_files, steps, out, plot, device):
+def predict_command(checkpoint, weights, csv_files, future_files, steps, out, plot, device):
     """Forecast --steps past the end of each series, written as CSV: the time column, then one column per series."""
     from textrnn.forecast import forecast_panels, plot_panels, predict_run, require_matplotlib
 
@@ -382,14 +455,19 @@ def predict_command(checkpoint, weights, csv_files, steps, out, plot, device):
         require_matplotlib()
     if steps < 1 or steps > 1_000_000:
         raise TextrnnError(f"--steps must be in [1, 1000000], got {steps}")
-    result = predict_run(checkpoint, csv_files, steps, weights, device)
+    result = predict_run(checkpoint, csv_files, steps, weights, device, future_csv=future_files)
+    outputs = []  # (name, times, values): each series, then its quantiles (AEP_MW_q0.1, ...) with --quantiles
+    for item in result["forecasts"]:
+        outputs.append((item["series"], item["times"], item["values"]))
+        for index, level in enumerate(item.get("levels", ())):
+            outputs.append((f"{item['series']}_q{level:g}", item["times"], item["quantiles"][:, index]))
     rows: dict = {}
-    for column, item in enumerate(result["forecasts"]):
-        for time, value in zip(item["times"].tolist(), item["values"].tolist()):
+    for column, (_, output_times, values) in enumerate(outputs):
+        for time, value in zip(output_times.tolist(), values.tolist()):
             rows.setdefault(time, {})[column] = value
     times = sorted(rows)
     texts = format_times(np.array(times, dtype="datetime64[s]"), result["time_format"])
-    header = [result["time_col"], *(item["series"] for item in result["forecasts"])]
+    header = [result["time_col"], *(name for name, _, _ in outputs)]
     table = [header] + [
         [text, *(repr(round(rows[time][c], 6)) if c in rows[time] else "" for c in range(len(header) - 1))]
         for time, text in zip(times, texts)
@@ -405,7 +483,7 @@ def predict_command(checkpoint, weights, csv_files, steps, out, plot, device):
             atomic_write(out, text.getvalue().encode())
         except OSError as error:
             raise TextrnnError(f"could not write {out} ({error.strerror or error})") from None
-        click.echo(f"{steps} steps of {len(header) - 1} series written to {out}", err=True)
+        click.echo(f"{steps} steps of {len(result['forecasts'])} series written to {out}", err=True)
     if plot is not None:
         plot_panels(plot, forecast_panels(result["forecasts"], history_points=max(5 * steps, 168)), "forecast")
 
@@ -427,11 +505,7 @@ def predict_command(checkpoint, weights, csv_files, steps, out, plot, device):
 @command
 def compare_command(cells, out, plot, threads, json_output, **options):
     """Train several cells on the same data, budget and settings (the GRU-vs-LSTM study) and tabulate them."""
-    names = [name.strip() for name in cells.split(",") if name.strip()]
-    if not names or any(name not in CELLS for name in names) or len(set(names)) < len(names):
-        raise TextrnnError(
-            f"--cells takes a comma-separated list of distinct cells from {', '.join(CELLS)}; got {cells!r}"
-        )
+    names = parse_cells(cells)
     configs = [_config(options, name) for name in names]
     if plot is not None:
         from textrnn.plots import require_matplotlib
@@ -490,7 +564,7 @@ def compare_command(cells, out, plot, threads, json_output, **options):
                     "",
                 )
             )
-        click.echo(_columns(lines))
+        click.echo(columns(lines))
     if plot is not None and runs:
         from textrnn.plots import plot_runs
 
@@ -498,3 +572,112 @@ def compare_command(cells, out, plot, threads, json_output, **options):
         click.echo(f"validation curves in {plot}", err=True)
     if len(runs) < len(names) or any(run["interrupted"] for run in runs):
         sys.exit(130)
+
+
+@forecast.command("backtest")
+@_run_options
+@click.option("--folds", type=int, default=5, show_default=True, help="Rolling origins at the end of the series.")
+@click.option(
+    "--fold-size",
+    type=int,
+    help="Points per fold (each fold scores every window whose targets lie in it).  "
+    "[default: the run's test part split evenly among the folds]",
+)
+@click.option(
+    "--retrain",
+    is_flag=True,
+    help="Train a fresh model with the run's config on the data before each origin (an expanding window), "
+    "instead of scoring the one trained model at every origin.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --retrain: directory for the fold runs.  [default: checkpoints/forecast-backtest-<date-time>]",
+)
+@click.option("--epochs", type=int, help="With --retrain: each fold's epoch limit (any limit replaces the run's).")
+@click.option("--max-steps", type=int, help="With --retrain: each fold's step limit.")
+@click.option("--max-seconds", type=float, help="With --retrain: each fold's time limit.")
+@click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's choice]")
+@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
+@command
+def backtest_command(
+    checkpoint, weights, device, folds, fold_size, retrain, out, epochs, max_steps, max_seconds, threads, json_output
+):
+    """Score a forecasting run at --folds rolling origins at the end of its series, next to the baselines."""
+    from textrnn.backtest import backtest
+    from textrnn.cli_common import stop_on_signals
+    from textrnn.config import LIMITS
+
+    limits = dict(zip(LIMITS, (epochs, max_steps, max_seconds)))
+    if any(value is not None for value in limits.values()) and not retrain:
+        raise TextrnnError("--epochs, --max-steps and --max-seconds limit the training of --retrain; add --retrain")
+    set_threads(threads)
+    if retrain and out is None:
+        out = Path("checkpoints") / f"forecast-backtest-{datetime.now():%Y%m%d-%H%M%S}"
+    printer = _Printer()
+
+    def progress(event: str, info: dict) -> None:
+        if event == "fold":
+            click.echo(f"== fold {info['fold']} of {info['folds']}, origin {info['origin']}", err=True)
+        elif event == "end":
+            printer.close()
+        else:
+            printer(event, info)
+
+    with stop_on_signals() as should_stop:
+        result = backtest(
+            checkpoint,
+            folds,
+            fold_size,
+            retrain=retrain,
+            out_dir=out,
+            limits=limits if any(value is not None for value in limits.values()) else None,
+            weights=weights,
+            device=device,
+            callback=progress if retrain else None,
+            should_stop=should_stop,
+        )
+    if json_output:
+        click.echo(
+            json.dumps(json_safe({key: result[key] for key in ("folds", "mean", "std", "fold_size")}), allow_nan=False)
+        )
+    else:
+        click.echo(_backtest_table(result))
+    if result["interrupted"]:
+        click.echo(f"interrupted: {len(result['folds'])} fold(s) finished, in {out}", err=True)
+        sys.exit(130)
+
+
+def _backtest_table(result: dict) -> str:
+    """One row per fold (all series pooled): the model and the baselines, the model's MAE and, with quantiles,
+    the coverage of its intervals; then the mean and std over folds."""
+    methods = ["model", "persistence", "seasonal_naive"]
+    folds = result["folds"]
+    keys = list(folds[0]["intervals_overall"]["coverage"]) if folds and "intervals_overall" in folds[0] else []
+
+    def cells(scores: dict) -> list[str]:
+        pooled = [scores["overall"], *(scores["baselines_overall"][name] for name in methods[1:])]
+        coverage = scores.get("intervals_overall", {}).get("coverage", {})
+        return [
+            *(_percent(item["smape"]) for item in pooled),
+            number(scores["overall"]["mae"], 1),
+            *("n/a" if coverage.get(key) is None else f"{100 * coverage[key]:.1f}%" for key in keys),
+        ]
+
+    header = (
+        "fold",
+        "origin",
+        "points",
+        *(f"{name.replace('_', ' ')} sMAPE" for name in methods),
+        "model MAE",
+        *(f"{key} coverage" for key in keys),
+    )
+    lines = [header]
+    for fold in folds:
+        lines.append((str(fold["fold"]), fold["origin"], f"{fold['overall']['points']:,}", *cells(fold)))
+    for label in ("mean", "std"):
+        scores = result[label]
+        if scores and scores.get("overall", {}).get("smape") is not None:
+            lines.append((label, "", "", *cells(scores)))
+    how = "retrained before each origin" if result["retrain"] else "one model at every origin"
+    return f"{result['fold_size']:,} points per fold, {how}:\n{columns(lines)}"

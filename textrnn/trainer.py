@@ -77,6 +77,41 @@ class Task:
         return result
 
 
+class WeightAverage:
+    """Averaged weights beside the trained ones: an exponential moving average (``ema``) from the first step,
+    or the uniform average of the iterates from the point where validation stopped improving (``asgd``: the
+    non-monotonic trigger of Merity et al.'s NT-ASGD, over whatever optimizer trains). One foreach lerp per
+    step, no host sync. Evaluated at each validation; the better of the two becomes ``best.pt``."""
+
+    def __init__(self, model: torch.nn.Module, mode: str, decay: float):
+        self.mode, self.decay, self.count = mode, decay, 0
+        self.weights = [p.detach().clone() for p in model.parameters()]
+
+    def update(self, model: torch.nn.Module) -> None:
+        self.count += 1
+        weight = 1.0 / self.count if self.mode == "asgd" else 1.0 - self.decay
+        torch._foreach_lerp_(self.weights, [p.detach() for p in model.parameters()], weight)
+
+    @contextlib.contextmanager
+    def swapped_into(self, model: torch.nn.Module):
+        """``model`` holds the averaged weights inside the block, its own again after it."""
+        own = [p.detach().clone() for p in model.parameters()]
+        with torch.no_grad():
+            torch._foreach_copy_(list(model.parameters()), self.weights)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(list(model.parameters()), own)
+
+    def state_dict(self) -> dict:
+        return {"mode": self.mode, "count": self.count, "weights": [w.cpu() for w in self.weights]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]
+        torch._foreach_copy_(self.weights, [w.to(self.weights[0].device) for w in state["weights"]])
+
+
 def learning_rate(config, step: int, progress: float) -> float:
     """Linear warm-up over ``warmup_steps``, then constant or cosine decay over the run's progress."""
     warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
@@ -180,6 +215,8 @@ def fit(
         return loss, state
 
     step_function = Step(loss_of, task.carries_state, model, stepper, optimizer, config, device, obstacle)
+    average_mode = getattr(config, "average", "none")
+    average = WeightAverage(model, average_mode, config.average_decay) if average_mode == "ema" else None
     counters = {
         "step": 0,
         "epoch": 0,
@@ -201,6 +238,9 @@ def fit(
         set_rng_state(rng[world.rank] if isinstance(rng, list) else rng)  # a list: one per process
         if step_function.scaler is not None and "scaler" in saved["trainer"]:
             step_function.scaler.load_state_dict(saved["trainer"]["scaler"])
+        if "average" in saved["trainer"]:
+            average = WeightAverage(model, average_mode, getattr(config, "average_decay", 0.0))
+            average.load_state_dict(saved["trainer"]["average"])
         if task.carries_state:
             rows = world.rows(task.batch_size, strict=True)
             state = map_state(lambda tensor: tensor[:, rows].to(device), saved["trainer"].get("hidden"))
@@ -241,7 +281,7 @@ def fit(
         return train_time_at_start + (time.perf_counter() - segment_start) - eval_time
 
     def evaluate_and_save(save: bool = True) -> None:
-        nonlocal window_sum, window_steps, eval_time
+        nonlocal window_sum, window_steps, eval_time, average
         started = time.perf_counter()
         counters["elapsed"] = elapsed()
         counters["train_time"] = train_time()
@@ -257,16 +297,26 @@ def fit(
             )
         if not math.isfinite(val[metric]):
             raise TextrnnError(f"{task.invalid_validation(counters['step'])}; {_kept(out_dir)}")
-        improved = save and val[metric] < counters["best_val"]
+        candidates = [(val[metric], False)]
+        if average is not None and average.count:
+            with average.swapped_into(model):
+                averaged = task.validate(model)
+            val = {**val, **{f"avg_{key}": value for key, value in averaged.items()}}
+            candidates.append((averaged[metric], True))
+        score, from_average = min(candidates, key=lambda candidate: candidate[0])
+        improved = save and score < counters["best_val"]
         if improved:
-            counters["best_val"] = val[metric]
+            counters["best_val"] = score
             counters["evals_without_gain"] = 0
             if world.main:
-                payload = {"model": model.state_dict(), "step": counters["step"], metric: val[metric]}
-                checkpoint.write_tensors(out_dir / "best.pt", payload)
+                with average.swapped_into(model) if from_average else contextlib.nullcontext():
+                    payload = {"model": model.state_dict(), "step": counters["step"], metric: score}
+                checkpoint.write_tensors(out_dir / "best.pt", {**payload, "averaged": from_average})
         elif save:
             counters["evals_without_gain"] += 1
             flags["stopped_early"] = bool(patience) and counters["evals_without_gain"] >= patience
+            if average_mode == "asgd" and average is None and counters["evals_without_gain"] >= config.average_after:
+                average = WeightAverage(model, "asgd", 0.0)  # the trigger: from here on, the iterates are averaged
         record = {
             "step": counters["step"],
             "epoch": counters["epoch"],
@@ -289,6 +339,8 @@ def fit(
             }
             if step_function.scaler is not None:
                 trainer_state["scaler"] = step_function.scaler.state_dict()
+            if average is not None:
+                trainer_state["average"] = average.state_dict()
             checkpoint.write_tensors(out_dir / "last.pt", {"model": model.state_dict(), "trainer": trainer_state})
             checkpoint.append_metrics(out_dir, record)
         eval_time += time.perf_counter() - started
@@ -342,6 +394,8 @@ def fit(
                         break
                     continue
                 bad_in_a_row = 0
+                if average is not None:
+                    average.update(model)
                 loss_sum += loss.detach()
                 window_sum += loss.detach()
                 loss_steps += 1
