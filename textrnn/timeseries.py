@@ -55,6 +55,7 @@ class Table:
     columns: dict[str, np.ndarray]  # target name -> float64 values, NaN where missing
     time_format: str  # "iso" (also for times converted to UTC) or the strptime format that read every time
     rows: int
+    covariates: dict[str, np.ndarray] = field(default_factory=dict)  # covariate name -> float64 values
 
 
 def file_sha256(path: Path) -> str:
@@ -79,8 +80,10 @@ def read_table(
     targets: list[str],
     time_format: str | None = None,
     dayfirst: bool | None = None,
+    covariates: list[str] | tuple[str, ...] = (),
 ) -> Table:
-    """Read ``time_column`` and the ``targets`` of a CSV file (header row first) or a Parquet file.
+    """Read ``time_column``, the ``targets`` and the ``covariates`` of a CSV file (header row first) or a
+    Parquet file.
 
     Times are parsed by ``parse_times`` (``time_format`` overrides the detection, ``dayfirst``
     settles day/month ambiguity); numbers by ``parse_numbers``. Any problem is one clear error.
@@ -90,30 +93,65 @@ def read_table(
         raise TextrnnError(f"{path} does not exist: give a CSV file with a header row, or a Parquet file")
     if not path.is_file():
         raise TextrnnError(f"{path} is not a file: give a CSV file with a header row, or a Parquet file")
-    if not targets:
+    if not targets and not covariates:
         raise TextrnnError("no --target column given")
-    wanted = [time_column, *targets]
-    frame = _read_parquet(path, wanted) if is_parquet(path) else _read_csv(path, wanted)
+    _check_covariates(time_column, targets, covariates)
+    wanted = [time_column, *targets, *covariates]
+    frame = _read_parquet(path, wanted, covariates) if is_parquet(path) else _read_csv(path, wanted, covariates)
     if len(frame) == 0:
         raise TextrnnError(f"{path} has a header but no rows")
     times, used_format = _times_of(frame[time_column], time_format, dayfirst, f"{path} column {time_column!r}")
     columns = {name: parse_numbers(frame[name], f"{path} column {name!r}") for name in targets}
-    return Table(path, file_sha256(path), time_column, times, columns, used_format, len(frame))
+    others = {name: parse_numbers(frame[name], f"{path} column {name!r}") for name in covariates}
+    for name, values in others.items():
+        if np.isnan(values).all():
+            raise TextrnnError(
+                f"{path} column {name!r} has no values: every cell is missing; a covariate needs values "
+                "(leave it out of --covariates / --future-covariates)"
+            )
+    return Table(path, file_sha256(path), time_column, times, columns, used_format, len(frame), others)
 
 
 read_csv = read_table  # the name forecasting has always imported
 
 
-def _check_columns(path: Path, header: list[str], wanted: list[str]) -> None:
+def read_future(
+    path: str | Path,
+    time_column: str,
+    names: tuple[str, ...],
+    time_format: str | None = None,
+    dayfirst: bool | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The known-ahead covariates ``names`` of the steps to forecast (``predict --future-csv``): times (N,)
+    and name -> (N,) values, NaN where missing."""
+    table = read_table(path, time_column, [], time_format, dayfirst, covariates=names)
+    return table.times, table.covariates
+
+
+def _check_covariates(time_column: str, targets, covariates) -> None:
+    """A covariate is another column: not the time, not a target, not named twice."""
+    for name in covariates:
+        if name == time_column or name in targets:
+            role = "the time column" if name == time_column else "a target"
+            raise TextrnnError(f"column {name!r} is {role}: it cannot be a covariate too")
+        if list(covariates).count(name) > 1:
+            raise TextrnnError(
+                f"column {name!r} is named twice among the covariates: give it once, with --covariates (observed) "
+                "or --future-covariates (known ahead)"
+            )
+
+
+def _check_columns(path: Path, header: list[str], wanted: list[str], covariates=()) -> None:
     missing = [name for name in dict.fromkeys(wanted) if name not in header]
     if missing:
+        options = "--covariates / --future-covariates" if set(missing) <= set(covariates) else "--time-col / --target"
         raise TextrnnError(
             f"{path} has no column {', '.join(repr(m) for m in missing)}; its columns are "
-            f"{', '.join(header[:20])}{' ...' if len(header) > 20 else ''} (choose with --time-col / --target)"
+            f"{', '.join(header[:20])}{' ...' if len(header) > 20 else ''} (choose with {options})"
         )
 
 
-def _read_csv(path: Path, wanted: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, wanted: list[str], covariates=()) -> pd.DataFrame:
     """The ``wanted`` columns as text (stripped header names; separator sniffed among , ; tab |)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -138,7 +176,7 @@ def _read_csv(path: Path, wanted: list[str]) -> pd.DataFrame:
     wanted_names = set(wanted)
     try:
         header = [str(name).strip() for name in pd.read_csv(path, nrows=0, **options).columns]
-        _check_columns(path, header, wanted)
+        _check_columns(path, header, wanted, covariates)
         frame = pd.read_csv(path, usecols=lambda name: str(name).strip() in wanted_names, **options)
     except UnicodeDecodeError as error:
         raise TextrnnError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
@@ -148,7 +186,7 @@ def _read_csv(path: Path, wanted: list[str]) -> pd.DataFrame:
     return frame.loc[:, ~frame.columns.duplicated()]
 
 
-def _read_parquet(path: Path, wanted: list[str]) -> pd.DataFrame:
+def _read_parquet(path: Path, wanted: list[str], covariates=()) -> pd.DataFrame:
     """The ``wanted`` columns of a Parquet file, with their stored types."""
     try:
         import pyarrow.parquet as parquet
@@ -158,7 +196,7 @@ def _read_parquet(path: Path, wanted: list[str]) -> pd.DataFrame:
         ) from None
     try:
         header = [str(name) for name in parquet.read_schema(path).names]
-        _check_columns(path, header, wanted)
+        _check_columns(path, header, wanted, covariates)
         return parquet.read_table(path, columns=list(dict.fromkeys(wanted))).to_pandas()
     except TextrnnError:
         raise
@@ -310,6 +348,7 @@ class Series:
 
     ``times`` and ``values`` (N,) hold every segment end to end; ``segments`` are the
     ``[start, end)`` index ranges of the pieces that had no gap longer than ``max_gap`` steps.
+    ``covariates`` (name -> (N,)) are other columns of the file on the same times.
     """
 
     name: str
@@ -318,32 +357,53 @@ class Series:
     segments: list[tuple[int, int]]
     step_seconds: int
     report: dict = field(default_factory=dict)
+    covariates: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def clean(times: np.ndarray, values: np.ndarray, name: str, max_gap: int, step_seconds: int | None = None) -> Series:
+def clean(
+    times: np.ndarray,
+    values: np.ndarray,
+    name: str,
+    max_gap: int,
+    step_seconds: int | None = None,
+    covariates: dict[str, np.ndarray] | None = None,
+) -> Series:
     """Sort, average duplicated times, put the series on a regular grid, interpolate gaps of at most
     ``max_gap`` missing steps (missing times and missing values alike), and split it at longer gaps.
 
     ``step_seconds`` is the grid step; by default the most common difference between consecutive times.
+    ``covariates`` (name -> (N,) values on the same rows) are cleaned alike, column by column; a point is
+    kept where the target and every covariate have a value (observed or interpolated).
     """
     if max_gap < 0:
         raise TextrnnError(f"--max-gap must be non-negative, got {max_gap}")
+    covariates = covariates or {}
     report = {"rows": int(len(times))}
-    frame = pd.DataFrame({"time": np.asarray(times).astype("datetime64[s]"), "value": np.asarray(values, np.float64)})
+    # Columns by position: 0 is the target, 1.. the covariates (whose names may be anything, "time" included).
+    frame = pd.DataFrame(
+        {
+            "time": np.asarray(times).astype("datetime64[s]"),
+            0: np.asarray(values, np.float64),
+            **{number: np.asarray(column, np.float64) for number, column in enumerate(covariates.values(), 1)},
+        }
+    )
     has_time = frame["time"].notna()
     report["rows_without_time"] = int((~has_time).sum())
     frame = frame[has_time]
     if len(frame) == 0:
         raise TextrnnError(f"series {name!r} has no rows with a time")
     report["unsorted"] = not frame["time"].is_monotonic_increasing
-    report["missing_values"] = int(frame["value"].isna().sum())
+    report["missing_values"] = int(frame[0].isna().sum())
 
     # Duplicated times (the autumn hour of local-time data): the mean of the values given, NaN when none is.
-    groups = frame.groupby("time", sort=True)["value"]
+    groups = frame.groupby("time", sort=True)
     report["duplicated_times"] = int((groups.size() > 1).sum())
     observed = groups.mean()
-    if observed.isna().all():
+    if observed[0].isna().all():
         raise TextrnnError(f"series {name!r} has no values: every cell is missing")
+    for number, covariate in enumerate(covariates, 1):
+        if observed[number].isna().all():
+            raise TextrnnError(f"covariate {covariate!r} of series {name!r} has no values: every cell is missing")
     if len(observed) < 2:
         raise TextrnnError(f"series {name!r} has a single time: a series needs at least two")
 
@@ -380,9 +440,45 @@ def clean(times: np.ndarray, values: np.ndarray, name: str, max_gap: int, step_s
     )
     grid = observed.reindex(pd.DatetimeIndex(grid_seconds.astype("datetime64[s]")))
 
-    # Missing values (missing times and empty cells alike): a run of at most max_gap between two observed
-    # values of the same piece is interpolated in time; longer runs and runs at a piece's ends stay out.
-    holes = grid.isna().to_numpy()
+    # Missing values (missing times and empty cells alike): in each column, a run of at most max_gap between
+    # two observed values of the same piece is interpolated in time; longer runs and runs at a piece's ends
+    # stay out.
+    result = grid.to_numpy(dtype=np.float64, copy=True)  # (G, 1 + covariates)
+    fill = np.stack(
+        [_fillable(result[:, column], piece_of, piece_offset, lengths, max_gap) for column in range(result.shape[1])],
+        axis=1,
+    )
+    if fill.any():
+        interpolated = grid.interpolate(method="time", limit=max_gap, limit_area="inside").to_numpy(dtype=np.float64)
+        result[fill] = interpolated[fill]
+
+    kept = np.flatnonzero(~np.isnan(result).any(axis=1))
+    new_segment = np.ones(len(kept), dtype=bool)
+    new_segment[1:] = (np.diff(kept) > 1) | (np.diff(piece_of[kept]) != 0)
+    starts = np.flatnonzero(new_segment)
+    segments = list(zip(starts.tolist(), [*starts[1:].tolist(), len(kept)]))
+    span = int((seconds[-1] - seconds[0]) // step_seconds) + 1
+    report["filled"] = int(fill[kept, 0].sum())
+    if covariates:
+        report["covariates_filled"] = int(fill[kept, 1:].sum())
+    report["left_out"] = span - len(kept)  # steps in gaps longer than max_gap: not invented
+    report["segments"] = len(segments)
+    report["points"] = int(len(kept))
+    return Series(
+        name,
+        grid_seconds[kept].astype("datetime64[s]"),
+        result[kept, 0],
+        segments,
+        step_seconds,
+        report,
+        {covariate: result[kept, number] for number, covariate in enumerate(covariates, 1)},
+    )
+
+
+def _fillable(values: np.ndarray, piece_of, piece_offset, lengths, max_gap: int) -> np.ndarray:
+    """(G,) True at the missing values that interpolation fills: runs of at most ``max_gap`` NaNs with an
+    observed value on both sides in the same piece of the grid."""
+    holes = np.isnan(values)
     edges = np.diff(np.concatenate([[0], holes.astype(np.int8), [0]]))
     run_start, run_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # [start, end) of each run
     inside = (run_start > piece_offset[piece_of[run_start]]) & (
@@ -392,30 +488,7 @@ def clean(times: np.ndarray, values: np.ndarray, name: str, max_gap: int, step_s
     marks = np.zeros(len(holes) + 1, dtype=np.int64)
     marks[run_start[fillable]] += 1
     marks[run_end[fillable]] -= 1
-    fill = np.cumsum(marks[:-1]) > 0
-    result = grid.to_numpy(dtype=np.float64, copy=True)
-    if fill.any():
-        interpolated = grid.interpolate(method="time", limit=max_gap, limit_area="inside").to_numpy(dtype=np.float64)
-        result[fill] = interpolated[fill]
-
-    kept = np.flatnonzero(~np.isnan(result))
-    new_segment = np.ones(len(kept), dtype=bool)
-    new_segment[1:] = (np.diff(kept) > 1) | (np.diff(piece_of[kept]) != 0)
-    starts = np.flatnonzero(new_segment)
-    segments = list(zip(starts.tolist(), [*starts[1:].tolist(), len(kept)]))
-    span = int((seconds[-1] - seconds[0]) // step_seconds) + 1
-    report["filled"] = int(fill.sum())
-    report["left_out"] = span - len(kept)  # steps in gaps longer than max_gap: not invented
-    report["segments"] = len(segments)
-    report["points"] = int(len(kept))
-    return Series(
-        name,
-        grid_seconds[kept].astype("datetime64[s]"),
-        result[kept],
-        segments,
-        step_seconds,
-        report,
-    )
+    return np.cumsum(marks[:-1]) > 0
 
 
 def _duration(seconds: int) -> str:
@@ -441,6 +514,8 @@ def describe(report: dict) -> str:
         parts.append(f"{report['missing_values']:,} missing values")
     if report["filled"]:
         parts.append(f"{report['filled']:,} points interpolated")
+    if report.get("covariates_filled"):
+        parts.append(f"{report['covariates_filled']:,} covariate values interpolated")
     if report["left_out"]:
         parts.append(f"{report['left_out']:,} points in longer gaps left out")
     parts.append(f"{report['segments']} segment{'s' if report['segments'] != 1 else ''}, {report['points']:,} points")
@@ -483,6 +558,43 @@ def calendar_features(times: np.ndarray, kind: str) -> np.ndarray:
     return np.stack(columns, axis=1).astype(np.float32)
 
 
+def holiday_flags(times: np.ndarray, country: str) -> np.ndarray:
+    """(N,) datetime64 -> (N,) float32: 1 on the public holidays of ``country`` (``holidays`` package), else 0.
+
+    ``country`` is an ISO 3166 code, optionally with a subdivision: ``US``, ``DE``, ``US-OH``.
+    """
+    try:
+        import holidays
+    except ImportError:
+        raise TextrnnError("--country needs the holidays package: pip install 'textrnn[holidays]'") from None
+    code, _, subdivision = country.partition("-")
+    days = times.astype("datetime64[D]")
+    if len(days) == 0:
+        return np.zeros(0, dtype=np.float32)
+    first, last = (int(str(day)[:4]) for day in (days.min(), days.max()))
+    try:
+        calendar = holidays.country_holidays(code, subdiv=subdivision or None, years=range(first, last + 1))
+    except NotImplementedError as error:
+        raise TextrnnError(
+            f"--country {country!r} is not known to the holidays package ({error}): give an ISO 3166 code "
+            "such as US, GB, DE, optionally with a subdivision (US-OH)"
+        ) from None
+    dates = np.array(sorted(calendar.keys()), dtype="datetime64[D]")
+    return np.isin(days, dates).astype(np.float32)
+
+
+def window_features(
+    times: np.ndarray, scaled: np.ndarray, calendar: str, known: np.ndarray, observed: np.ndarray
+) -> np.ndarray:
+    """The feature rows that windows read, (N, F) float32: the scaled target (column 0), the calendar of
+    ``times``, the known-ahead covariates ``known`` (N, K) and the observed ones ``observed`` (N, P), in this
+    order. Everything but the target and the last P columns is known ahead: a model may read those columns
+    at the times it forecasts (``Forecaster``). With no covariates, F = 1 + calendar columns.
+    """
+    columns = [scaled.reshape(-1, 1), calendar_features(times, calendar), known, observed]
+    return np.concatenate(columns, axis=1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Scaler:
     """Min-max scaling to [0, 1], fitted on a training part; a constant series maps to 0."""
@@ -520,7 +632,8 @@ class Dataset:
     """Every series scaled and laid end to end, with the window starts of each split.
 
     A window starting at ``s`` reads ``features[s : s + lookback]`` (column 0 is the scaled
-    target, the rest calendar features) and predicts ``values[s + lookback : s + lookback + horizon]``.
+    target, then calendar features and covariates: see ``window_features``) and predicts
+    ``values[s + lookback : s + lookback + horizon]``.
     A window never crosses a segment, and belongs to the split that holds all its targets.
     """
 
@@ -536,6 +649,7 @@ class Dataset:
     horizon: int
     season: int
     first_test_time: list[str] = field(default_factory=list)
+    covariate_scalers: list[dict[str, Scaler]] = field(default_factory=list)  # per series: name -> scaler
 
     def windows(self, split: str) -> int:
         return len(self.starts[split])
@@ -557,10 +671,21 @@ def build_dataset(
     test_fraction: float,
     season: int,
     scalers: list[Scaler] | None = None,
+    *,
+    observed: tuple[str, ...] = (),
+    known: tuple[str, ...] = (),
+    country: str | None = None,
+    covariate_scalers: list[dict[str, Scaler]] | None = None,
 ) -> Dataset:
     """Scale each series (scalers fitted on its training part unless given), add calendar features and index
-    the windows. With ``scalers`` given (a stored model on a new file) every window is a test window."""
+    the windows. With ``scalers`` given (a stored model on a new file) every window is a test window.
+
+    ``observed`` and ``known`` name covariates of the series (known up to the forecast time, and known
+    ahead), each scaled like the target (``covariate_scalers`` given with ``scalers``); ``country`` adds
+    its public holidays as a known-ahead 0/1 feature. See ``window_features`` for the columns.
+    """
     features, values, raw, times, series_of, names, fitted, first_test = [], [], [], [], [], [], [], []
+    fitted_covariates = []
     starts = {split: [] for split in SPLITS}
     offset = 0
     for number, item in enumerate(series):
@@ -578,14 +703,21 @@ def build_dataset(
         else:
             scaler = scalers[number]
             bounds = {"train": (0, 0), "val": (0, 0), "test": (0, length)}
-        with np.errstate(over="ignore"):
-            scaled = scaler.transform(item.values).astype(np.float32)
-        if not np.isfinite(scaled).all():
-            raise TextrnnError(
-                f"series {item.name!r} has values beyond 1e38 times the range of its training part "
-                f"({scaler.minimum:g} to {scaler.maximum:g}): they cannot be scaled; check the data"
-            )
-        features.append(np.concatenate([scaled[:, None], calendar_features(item.times, calendar)], axis=1))
+        scaled = _scaled(scaler, item.values, f"series {item.name!r}")
+        own, columns = {}, {"observed": [], "known": []}
+        for kind, wanted in (("observed", observed), ("known", known)):
+            for name in wanted:
+                if name not in item.covariates:
+                    raise TextrnnError(f"series {item.name!r} has no covariate {name!r}: read it with the series")
+                column = item.covariates[name]
+                given = covariate_scalers[number][name] if covariate_scalers is not None else None
+                own[name] = given or Scaler.fit(column[: bounds["train"][1]])
+                columns[kind].append(_scaled(own[name], column, f"covariate {name!r} of series {item.name!r}"))
+        if country:
+            columns["known"].append(holiday_flags(item.times, country))
+        known_columns, observed_columns = (_stacked(columns[kind], length) for kind in ("known", "observed"))
+        features.append(window_features(item.times, scaled, calendar, known_columns, observed_columns))
+        fitted_covariates.append(own)
         values.append(scaled)
         raw.append(item.values)
         times.append(item.times)
@@ -619,7 +751,116 @@ def build_dataset(
         horizon=horizon,
         season=season,
         first_test_time=first_test,
+        covariate_scalers=fitted_covariates,
     )
+
+
+def _stacked(columns: list[np.ndarray], length: int) -> np.ndarray:
+    return np.stack(columns, axis=1) if columns else np.zeros((length, 0), np.float32)
+
+
+def _scaled(scaler: Scaler, values: np.ndarray, what: str) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        scaled = scaler.transform(values).astype(np.float32)
+    if not np.isfinite(scaled).all():
+        raise TextrnnError(
+            f"{what} has values beyond 1e38 times the range of its training part "
+            f"({scaler.minimum:g} to {scaler.maximum:g}): they cannot be scaled; check the data"
+        )
+    return scaled
+
+
+def prediction_inputs(
+    item: Series,
+    scaler: Scaler,
+    covariate_scalers: dict[str, Scaler],
+    calendar: str,
+    lookback: int,
+    horizon: int,
+    steps: int,
+    *,
+    observed: tuple[str, ...] = (),
+    known: tuple[str, ...] = (),
+    country: str | None = None,
+    future: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """What forecasting ``steps`` past the end of ``item`` reads: the times of the steps (S,) and feature rows
+    (``window_features``) for the last ``lookback`` observed times and then whole horizons after them,
+    (lookback + ceil(S / horizon) * horizon, F).
+
+    The caller fills the target column (0) of the rows after ``lookback`` with its forecasts as it goes,
+    ``horizon`` at a time; a model that reads the known-ahead columns of the times it forecasts finds them
+    there. ``future`` = (times, name -> values) gives the known-ahead covariates of the steps
+    (``read_future``); past the steps asked, the last step's values are repeated. Observed covariates are
+    known only up to the forecast time: with them, ``steps`` is at most ``horizon``.
+    """
+    if steps < 1:
+        raise TextrnnError(f"--steps must be at least 1, got {steps}")
+    start, end = item.segments[-1]
+    if end - start < lookback:
+        raise TextrnnError(
+            f"series {item.name!r} ends with {end - start} contiguous points, fewer than the --lookback of "
+            f"{lookback} the model reads: there is nothing to forecast from"
+        )
+    if observed and steps > horizon:
+        raise TextrnnError(
+            f"the model reads observed covariates ({', '.join(observed)}), known only up to the forecast time: "
+            f"it forecasts at most its --horizon of {horizon} steps; ask --steps {horizon} or fewer"
+        )
+    step = np.timedelta64(item.step_seconds, "s")
+    history = slice(end - lookback, end)
+    ahead = -(-steps // horizon) * horizon  # whole horizons
+    times = np.concatenate([item.times[history], item.times[end - 1] + step * np.arange(1, ahead + 1)])
+
+    def laid_out(history_values: np.ndarray, future_values: np.ndarray | None = None) -> np.ndarray:
+        column = np.zeros(len(times), dtype=np.float32)
+        column[:lookback] = history_values
+        if future_values is not None:
+            column[lookback : lookback + steps] = future_values
+            column[lookback + steps :] = future_values[-1]
+        return column
+
+    scaled = laid_out(_scaled(scaler, item.values[history], f"series {item.name!r}"))
+    known_columns = []
+    if known:
+        given = _future_values(future, known, times[lookback : lookback + steps], item.times[end - 1])
+        for name in known:
+            history_values = _scaled(covariate_scalers[name], item.covariates[name][history], f"covariate {name!r}")
+            future_values = _scaled(covariate_scalers[name], given[name], f"--future-csv column {name!r}")
+            known_columns.append(laid_out(history_values, future_values))
+    if country:
+        known_columns.append(holiday_flags(times, country))
+    observed_columns = [
+        laid_out(_scaled(covariate_scalers[name], item.covariates[name][history], f"covariate {name!r}"))
+        for name in observed
+    ]
+    rows = window_features(
+        times, scaled, calendar, _stacked(known_columns, len(times)), _stacked(observed_columns, len(times))
+    )
+    return times[lookback : lookback + steps], rows
+
+
+def _future_values(future, names: tuple[str, ...], times: np.ndarray, last: np.datetime64) -> dict[str, np.ndarray]:
+    """The known-ahead covariates at ``times`` (duplicated times averaged); refuses, naming what is missing."""
+    if future is None:
+        raise TextrnnError(
+            f"the model reads known-ahead covariates ({', '.join(names)}): give their values for the {len(times)} "
+            f"steps after {last} with --future-csv FILE (the time column and {', '.join(names)})"
+        )
+    future_times, columns = future
+    values = {}
+    for name in names:
+        frame = pd.DataFrame({"time": future_times, "value": columns[name]}).dropna()
+        column = frame.groupby("time")["value"].mean().reindex(pd.DatetimeIndex(times)).to_numpy(np.float64)
+        missing = np.flatnonzero(np.isnan(column))
+        if len(missing):
+            raise TextrnnError(
+                f"--future-csv gives no {name!r} for {times[missing[0]]}"
+                f"{f' and {len(missing) - 1} more of the {len(times)} steps asked' if len(missing) > 1 else ''}: "
+                "predict needs the known-ahead covariates of every step it forecasts"
+            )
+        values[name] = column
+    return values
 
 
 def _check_windows(name, windows, bounds, lookback, horizon, season, training: bool) -> None:
