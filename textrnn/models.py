@@ -7,7 +7,28 @@ from torch import nn
 from torch.nn import functional as F
 
 from textrnn.config import ModelConfig
-from textrnn.nn import make_encoder
+from textrnn.nn import LockedDropout, embedding_dropout, make_encoder
+
+
+class TiedHead(nn.Module):
+    """The head of a model with tied weights: logits = ``P(x) E^T + b`` (Press and Wolf 2017; Inan et al. 2017).
+
+    ``E`` is the embedding matrix (V, E), passed in at every call rather than held, so the
+    model has it once: in ``parameters()``, in the ``state_dict`` and in the file, and a
+    loaded model is tied by construction. ``P`` is a linear map (no bias) from the
+    recurrent width to E when the two differ, else the identity.
+    """
+
+    def __init__(self, width: int, embedding_size: int, vocab_size: int):
+        super().__init__()
+        self.projection = None if width == embedding_size else nn.Linear(width, embedding_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, outputs: torch.Tensor, embedding_weight: torch.Tensor) -> torch.Tensor:
+        """``outputs`` (..., width), ``embedding_weight`` (V, E) -> logits (..., V)."""
+        if self.projection is not None:
+            outputs = self.projection(outputs)
+        return F.linear(outputs, embedding_weight, self.bias)
 
 
 class CharLM(nn.Module):
@@ -17,6 +38,14 @@ class CharLM(nn.Module):
     ``task="infill"``: a bidirectional encoder; position t predicts token t itself from the
     forward state over the text before it and the backward state over the text after it,
     never from the token.
+
+    Regularizers (``textrnn.nn.regularize``; training mode only, all off by default):
+    ``embedding_dropout`` drops whole rows of the embedding matrix; locked dropout (one mask
+    per row shared over time) on the embedding output (``dropout_embedding``), between
+    layers (``dropout_layers``) and on the last layer's outputs (``dropout_output``);
+    ``weight_drop`` on the encoder's ``W_hh``; ``zoneout`` in the (scratch) cells. The
+    plain ``dropout`` (a new mask per step) still applies where it did, after the locked
+    one. ``tie_weights``: the head's matrix is the embedding matrix (``TiedHead``).
     """
 
     def __init__(self, config: ModelConfig):
@@ -25,8 +54,17 @@ class CharLM(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set from the tokenizer")
         self.config = config
         self.embedding = None if config.one_hot else nn.Embedding(config.vocab_size, config.embedding_size)
+        if config.tie_weights and self.embedding is not None:
+            # The matrix is also the output layer: N(0, 1) entries would start the logits far too large.
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         input_size = config.vocab_size if config.one_hot else config.embedding_size
-        encoder_options = dict(backend=config.backend, transition_depth=config.transition_depth)
+        encoder_options = dict(
+            backend=config.backend,
+            transition_depth=config.transition_depth,
+            weight_drop=config.weight_drop,
+            locked_dropout=config.dropout_layers,
+            zoneout=config.zoneout,
+        )
         layers = (config.cell, input_size, config.hidden_size, config.num_layers, config.dropout)
         if config.task == "infill":
             # Two separate stacks: in a stacked bidirectional encoder, layer 2's forward direction
@@ -37,37 +75,57 @@ class CharLM(nn.Module):
             self.encoder = make_encoder(*layers, bidirectional=config.bidirectional, **encoder_options)
             self.backward_encoder = None
         self.dropout = nn.Dropout(config.dropout)
+        self.embedding_locked_dropout = LockedDropout(config.dropout_embedding)
+        self.output_locked_dropout = LockedDropout(config.dropout_output)
         width = config.hidden_size * (2 if config.bidirectional else 1)
         # Deep output (DO-RNN): output_depth - 1 nonlinear layers between the state and the head.
         self.output_layers = nn.ModuleList(nn.Linear(width, width) for _ in range(config.output_depth - 1))
-        self.head = nn.Linear(width, config.vocab_size)
-
-    def forward(self, tokens: torch.Tensor, state=None):
-        """``tokens`` (B, T) int64 -> logits (B, T, V) and the encoder state after the last step."""
-        if self.embedding is None:
-            features = F.one_hot(tokens, self.config.vocab_size).float()
+        if config.tie_weights:
+            self.head = TiedHead(width, config.embedding_size, config.vocab_size)
         else:
-            features = self.dropout(self.embedding(tokens))
+            self.head = nn.Linear(width, config.vocab_size)
+
+    def forward(self, tokens: torch.Tensor, state=None, *, activations: bool = False):
+        """``tokens`` (B, T) int64 -> logits (B, T, V) and the encoder state after the last step.
+
+        ``activations=True`` adds a third value for AR/TAR: the last recurrent layer's outputs
+        (B, T, D * H) before and after the output's locked dropout, ``(raw, dropped)``.
+        """
+        features = self._features(tokens)
         if self.backward_encoder is None:
             outputs, state = self.encoder(features, state)
         else:  # infill: state is unused (each window is read whole), so it comes back as None
             forward, _ = self.encoder(features)
             backward, _ = self.backward_encoder(features.flip(1))
             outputs, state = _neighbour_states(forward, backward.flip(1)), None
-        for layer in self.output_layers:
-            outputs = torch.tanh(layer(self.dropout(outputs)))
-        return self.head(self.dropout(outputs)), state
+        dropped = self.output_locked_dropout(outputs)
+        logits = self._logits(dropped)
+        return (logits, state, (outputs, dropped)) if activations else (logits, state)
 
     def step(self, tokens: torch.Tensor, state=None):
         """One causal step for generation: ``tokens`` (B,) -> logits (B, V) and the new state."""
+        outputs, state = self.encoder.step(self._features(tokens), state)
+        return self._logits(self.output_locked_dropout(outputs)), state
+
+    def _features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` (B, T) or (B,) -> the encoder's input (B, T, E) or (B, E), dropouts applied in training."""
         if self.embedding is None:
-            features = F.one_hot(tokens, self.config.vocab_size).float()
+            return F.one_hot(tokens, self.config.vocab_size).float()
+        if self.training and self.config.embedding_dropout > 0:
+            features = F.embedding(
+                tokens, embedding_dropout(self.embedding.weight, self.config.embedding_dropout, True)
+            )
         else:
-            features = self.dropout(self.embedding(tokens))
-        outputs, state = self.encoder.step(features, state)
+            features = self.embedding(tokens)
+        return self.dropout(self.embedding_locked_dropout(features))
+
+    def _logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The last layer's outputs (..., D * H) -> deep output layers -> head -> logits (..., V)."""
         for layer in self.output_layers:
             outputs = torch.tanh(layer(self.dropout(outputs)))
-        return self.head(self.dropout(outputs)), state
+        if self.config.tie_weights:
+            return self.head(self.dropout(outputs), self.embedding.weight)
+        return self.head(self.dropout(outputs))
 
 
 def _neighbour_states(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
@@ -85,6 +143,18 @@ class Forecaster(nn.Module):
     persistence forecast is the model's starting point). A bidirectional encoder reads the
     observed window both ways: the head sees the forward state after the last step and the
     backward state after the first, each of which has read the whole window.
+
+    With ``decoder`` a ``HorizonDecoder`` replaces the direct head: a recurrent decoder over the
+    horizon, started from the encoder's final state, that reads the known-future features of each
+    target time (``future``, (B, horizon, F - 1)). With ``quantiles`` (Q levels) every step gets Q
+    values, sorted by construction (``ordered_quantiles``); ``forward`` returns the median and
+    ``forward(..., all_quantiles=True)`` all of them, (B, horizon, Q).
+
+    Covariates (``timeseries.window_features``): the last P feature columns are observed covariates
+    (``config.covariates``), known only up to the forecast time, so the features of the target times
+    that a model reads leave them out; the K columns before them are known-ahead covariates
+    (``config.future_covariates``, then the holidays of ``config.country``), which the direct head also
+    reads for every target time (B, horizon * K), next to the encoder's last state.
     """
 
     def __init__(self, config, input_size: int):
@@ -101,15 +171,135 @@ class Forecaster(nn.Module):
             transition_depth=config.transition_depth,
         )
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size * (2 if config.bidirectional else 1), config.horizon)
+        levels = tuple(getattr(config, "quantiles", ()))  # runs from before quantiles existed have no such field
+        self.outputs = max(1, len(levels))  # values per step ahead
+        self.point = levels.index(0.5) if levels else 0  # the point forecast: the median
+        # Runs from before covariates existed have no such fields.
+        self.observed = len(getattr(config, "covariates", ()))
+        self.known = len(getattr(config, "future_covariates", ())) + bool(getattr(config, "country", None))
+        use_decoder = getattr(config, "decoder", False)
+        self.decoder = HorizonDecoder(config, input_size - self.observed) if use_decoder else None
+        if self.decoder is None:
+            # (horizon * Q): with one output per step the parameters are those of runs before quantiles
+            width = config.hidden_size * (2 if config.bidirectional else 1)
+            self.head = nn.Linear(width + config.horizon * self.known, config.horizon * self.outputs)
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
-        outputs, _ = self.encoder(window)
-        hidden = self.config.hidden_size
-        last = outputs[:, -1, :hidden]
-        if self.config.bidirectional:
-            last = torch.cat([last, outputs[:, 0, hidden:]], dim=-1)
-        forecast = self.head(self.dropout(last))
+    def forward(
+        self,
+        window: torch.Tensor,
+        future: torch.Tensor | None = None,
+        all_quantiles: bool = False,
+        from_position: int | None = None,
+    ):
+        """``window`` (B, T, F), ``future`` (B, horizon, F - 1) (the decoder's) -> (B, horizon) scaled forecasts,
+        or (B, horizon, Q) with ``all_quantiles``.
+
+        ``from_position`` p (training with ``forking``): the forecasts of the direct head from every position
+        t >= p of the window as if the window ended there, (B, T - p, horizon, Q), ``future`` then being
+        (B, T - p, horizon, F - 1).
+        """
+        outputs, state = self.encoder(window)
+        if future is not None and self.observed:  # observed covariates are not known at the target times
+            future = future[..., : future.shape[-1] - self.observed]
+        if from_position is not None:
+            return self._forking(window, outputs, future, from_position)
+        if self.decoder is None:
+            hidden = self.config.hidden_size
+            last = outputs[:, -1, :hidden]
+            if self.config.bidirectional:
+                last = torch.cat([last, outputs[:, 0, hidden:]], dim=-1)
+            last = self.dropout(last)
+            if self.known:
+                if future is None:
+                    raise ValueError("a forecaster with known-ahead covariates needs their values at the target times")
+                last = torch.cat([last, future[..., -self.known :].reshape(len(last), -1)], dim=-1)
+            raw = self.head(last).view(-1, self.config.horizon, self.outputs)
+        else:
+            if future is None:
+                raise ValueError("a forecaster with a decoder needs the known-future features of the horizon")
+            raw = self.decoder(window, future, state)
+        forecast = ordered_quantiles(raw, self.point)
         if self.config.residual:
-            forecast = forecast + window[:, -1, :1]
+            forecast = forecast + window[:, -1:, :1]
+        return forecast if all_quantiles else forecast[..., self.point]
+
+    def _forking(self, window, outputs, future, first: int) -> torch.Tensor:
+        """The direct head on the states (B, P, H) after each position from ``first`` on -> (B, P, horizon, Q)."""
+        states = self.dropout(outputs[:, first:])
+        batch, positions = states.shape[:2]
+        if self.known:
+            if future is None:
+                raise ValueError("a forecaster with known-ahead covariates needs their values at the target times")
+            states = torch.cat([states, future[..., -self.known :].reshape(batch, positions, -1)], dim=-1)
+        raw = self.head(states).view(batch, positions, self.config.horizon, self.outputs)
+        forecast = ordered_quantiles(raw, self.point)
+        if self.config.residual:
+            forecast = forecast + window[:, first:, :1, None]
         return forecast
+
+
+# Increments between neighbouring quantiles start near softplus(-3) = 0.05 of the training range instead of
+# softplus(0) = 0.69: intervals begin narrow, about as wide as the errors of a persistence forecast.
+INCREMENT_SHIFT = -3.0
+
+
+def ordered_quantiles(raw: torch.Tensor, point: int) -> torch.Tensor:
+    """(B, H, Q) unconstrained -> (B, H, Q) increasing along Q, so quantiles never cross: the value at ``point``
+    is taken as it is, the others are reached from it by non-negative (softplus) steps."""
+    if raw.shape[-1] == 1:
+        return raw
+    center = raw[..., point : point + 1]
+    steps = F.softplus(raw + INCREMENT_SHIFT)
+    above = center + torch.cumsum(steps[..., point + 1 :], dim=-1)
+    below = center - torch.cumsum(steps[..., :point].flip(-1), dim=-1).flip(-1)
+    return torch.cat([below, center, above], dim=-1)
+
+
+MAX_SEASONAL_LAGS = 7  # with a week's look-back of hourly data: the same hour on each of the last 7 days
+
+
+def seasonal_lags(lookback: int, horizon: int, season: int) -> torch.Tensor:
+    """(horizon, J) window positions of the observed values whole seasons before each target: for step k
+    (0-based) the j-th most recent one before it, ``lookback + k - season * (k // season + j)``, j = 1..J,
+    with J as many as the look-back holds for every step (at most ``MAX_SEASONAL_LAGS``)."""
+    count = min(MAX_SEASONAL_LAGS, lookback // season)
+    steps = torch.arange(horizon)[:, None]
+    back = season * (steps // season + torch.arange(1, count + 1)[None, :])
+    return (lookback + steps - back).long()
+
+
+class HorizonDecoder(nn.Module):
+    """A recurrent decoder over the horizon (the encoder-decoder topology of seq2seq forecasting).
+
+    Step k reads the known-future features of target time k (the calendar), the scaled values observed
+    whole seasons before it (``seasonal_lags``: with a week's look-back of hourly data, that hour on each
+    of the last 7 days) and its position ``(k + 1) / horizon``. It starts from the encoder's final state,
+    so it has the encoder's cell, size and layers. Output (B, horizon, Q), before ``ordered_quantiles``.
+    """
+
+    def __init__(self, config, input_size: int):
+        super().__init__()
+        if config.season is None:
+            raise ValueError("a decoder needs the season in its config (train_forecaster fills it in)")
+        self.horizon = config.horizon
+        self.register_buffer("lags", seasonal_lags(config.lookback, config.horizon, config.season), persistent=False)
+        self.register_buffer("position", (torch.arange(config.horizon) + 1.0) / config.horizon, persistent=False)
+        self.recurrent = make_encoder(
+            config.cell,
+            (input_size - 1) + self.lags.shape[1] + 1,
+            config.hidden_size,
+            config.num_layers,
+            config.dropout,
+            backend=config.backend,
+            transition_depth=config.transition_depth,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, max(1, len(config.quantiles)))
+
+    def forward(self, window: torch.Tensor, future: torch.Tensor, state) -> torch.Tensor:
+        """``window`` (B, T, F), ``future`` (B, horizon, F - 1), the encoder's final ``state`` -> (B, horizon, Q)."""
+        batch = window.shape[0]
+        lagged = window[:, :, 0][:, self.lags]  # (B, horizon, J)
+        position = self.position.to(window.dtype).expand(batch, self.horizon)[..., None]
+        outputs, _ = self.recurrent(torch.cat([future, lagged, position], dim=-1), state)
+        return self.head(self.dropout(outputs))

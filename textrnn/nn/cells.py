@@ -530,8 +530,12 @@ LAYER_NORM_EPS = 1e-5
 
 
 def _normalized(values: Tensor, gain: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Layer normalization over the last dimension, scaled by ``gain`` and shifted by ``bias``."""
-    return F.layer_norm(values, values.shape[-1:], gain, bias, LAYER_NORM_EPS)
+    """Layer normalization over the last dimension, scaled by ``gain`` and shifted by ``bias``.
+
+    (The width is read from ``gain``, not ``values``: a traced ``values.shape`` would reach the
+    ONNX exporter as a dynamic gather it cannot export.)
+    """
+    return F.layer_norm(values, gain.shape, gain, bias, LAYER_NORM_EPS)
 
 
 def layernorm_lstm_step(
