@@ -116,16 +116,13 @@ def read_tensors(path: Path) -> dict:
     return payload
 
 
-def run_config(model_config: ModelConfig, train_config: TrainConfig, normalize: str, data: dict) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "task": "charlm",
-        "model": dataclasses.asdict(model_config),
-        "train": dataclasses.asdict(train_config),
-        "tokenizer": {"type": train_config.tokenizer, "normalize": normalize, "file": "tokenizer.json"},
-        "data": data,
+def run_config(task: str, **sections) -> dict:
+    """The ``config.json`` of a new run of ``task`` (charlm, forecast): config dataclasses become plain JSON."""
+    plain = {
+        name: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        for name, value in sections.items()
     }
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "task": task, **plain}
 
 
 def start_run(run_dir: Path, config: dict, tokenizer: CharTokenizer | None = None) -> None:
@@ -270,16 +267,6 @@ def _load_weights(run_dir: Path, weights: str | None, model: torch.nn.Module, de
 
 def train_config_of(config: dict) -> TrainConfig:
     return from_dict(TrainConfig, config["train"])
-
-
-def forecast_run_config(forecast_config, data: dict) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "task": "forecast",
-        "forecast": dataclasses.asdict(forecast_config),
-        "data": data,
-    }
 
 
 def load_forecast_run(checkpoint: str | Path | None = None, weights: str | None = None, device="cpu"):

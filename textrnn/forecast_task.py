@@ -145,7 +145,7 @@ def train_forecaster(
         world=world,
         device=device,
         resume=resume,
-        run_config=checkpoint.forecast_run_config(config, data),
+        run_config=checkpoint.run_config("forecast", forecast=config, data=data),
         callback=callback,
         should_stop=should_stop,
     )

@@ -21,6 +21,7 @@ from textrnn.distributed import join
 from textrnn.errors import TextrnnError
 from textrnn.evaluate import cross_entropy_sum, metrics_from_sum
 from textrnn.models import CharLM
+from textrnn.nn import activation_regularization, temporal_activation_regularization
 from textrnn.text_data import load_splits
 from textrnn.tokenizer import load_tokenizer
 from textrnn.trainer import Task, fit
@@ -66,10 +67,19 @@ class LanguageModelTask(Task):
 
     def loss(self, model, batch, state):
         inputs, targets = batch
-        logits, state = model(inputs, state)
+        alpha, beta = self.train_config.ar_alpha, self.train_config.tar_beta
+        if alpha or beta:  # AR on the last layer's outputs after its locked dropout, TAR on them before (AWD-LSTM)
+            logits, state, (raw, dropped) = model(inputs, state, activations=True)
+        else:
+            logits, state = model(inputs, state)
         if self.infill:  # each position predicts its own token from both sides
             targets = inputs
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1)), state
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        if alpha:
+            loss = loss + activation_regularization(dropped.float(), alpha)
+        if beta:
+            loss = loss + temporal_activation_regularization(raw.float(), beta)
+        return loss, state
 
     def validate(self, model) -> dict:
         total, count = cross_entropy_sum(model, self.val_tokens, self.train_config.num_steps)
@@ -150,7 +160,13 @@ def train(
         world=world,
         device=device,
         resume=resume,
-        run_config=checkpoint.run_config(model_config, train_config, data["normalize"], data),
+        run_config=checkpoint.run_config(
+            "charlm",
+            model=model_config,
+            train=train_config,
+            tokenizer={"type": train_config.tokenizer, "normalize": data["normalize"], "file": "tokenizer.json"},
+            data=data,
+        ),
         tokenizer=tokenizer,
         callback=callback,
         should_stop=should_stop,
