@@ -10,7 +10,8 @@ import torch
 from conftest import TINY_TEXT
 
 OPTIONS = ["--device", "cpu", "--hidden-size", "16", "--num-layers", "2", "--embedding-size", "8", "--dropout", "0",
-           "--batch-size", "4", "--num-steps", "8", "--eval-every", "4", "--threads", "1"]  # fmt: skip
+           "--batch-size", "4", "--num-steps", "8", "--eval-every", "4", "--threads", "1",
+           "--weight-drop", "0", "--dropout-embedding", "0", "--dropout-layers", "0", "--dropout-output", "0"]  # fmt: skip
 
 
 def train(corpus, out, processes: int, *extra):

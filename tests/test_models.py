@@ -277,7 +277,8 @@ def test_ar_and_tar_add_exactly_the_hand_computed_amount():
     from textrnn.config import TrainConfig
     from textrnn.lm_task import LanguageModelTask
 
-    model = CharLM(ModelConfig(vocab_size=5, hidden_size=3, num_layers=1, embedding_size=2, dropout=0.0)).train()
+    off = {"weight_drop": 0.0, "dropout_embedding": 0.0, "dropout_layers": 0.0, "dropout_output": 0.0}
+    model = CharLM(ModelConfig(vocab_size=5, hidden_size=3, num_layers=1, embedding_size=2, dropout=0.0, **off)).train()
     inputs, targets = torch.randint(0, 5, (2, 4)), torch.randint(0, 5, (2, 4))
 
     def loss(alpha, beta):

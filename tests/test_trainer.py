@@ -18,7 +18,6 @@ class LinearTask(Task):
     """Least squares on 40 fixed points, in batches of 8 shuffled rows; the validation metric is scripted
     (``scores``) when given, else the mean squared error on 16 other points."""
 
-    kind = "linear"
     metric = "mse"
     unit = "rows"
     carries_state = False

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from textrnn.cli_common import columns
+
 SIZES = {
     "d2l": {"hidden_size": 256, "num_layers": 1, "batch_size": 32, "num_steps": 35},
     "large": {"hidden_size": 1024, "num_layers": 3, "batch_size": 128, "num_steps": 100},
@@ -398,12 +400,7 @@ def table(results: list[dict]) -> str:
                     "",
                 )
             )
-    return _columns(lines) + "\n\n" + _columns(corpus_lines)
-
-
-def _columns(lines: list[tuple]) -> str:
-    widths = [max(len(str(item)) for item in column) for column in zip(*lines)]
-    return "\n".join("  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip() for line in lines)
+    return columns(lines) + "\n\n" + columns(corpus_lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -231,9 +231,7 @@ def load_run(checkpoint: str | Path | None = None, weights: str | None = None, d
     """Load ``(model, tokenizer, config)`` from a run directory (best weights unless told otherwise)."""
     from textrnn.models import CharLM
 
-    run_dir, from_path = resolve_run(checkpoint)
-    weights = weights or from_path
-    config = read_config(run_dir)
+    run_dir, weights, config = _open(checkpoint, weights, "charlm")
     tokenizer = load_tokenizer(run_dir / "tokenizer.json", config["tokenizer"].get("type", "char"))
     try:
         model_config = from_dict(ModelConfig, config["model"])
@@ -245,8 +243,15 @@ def load_run(checkpoint: str | Path | None = None, weights: str | None = None, d
             f"{model_config.vocab_size}: the tokenizer does not belong to these weights"
         )
     model, config["weights"] = _load_weights(run_dir, weights, CharLM(model_config), device)
-    config["run_dir"] = str(run_dir)
     return model, tokenizer, config
+
+
+def _open(checkpoint, weights: str | None, task: str) -> tuple[Path, str | None, dict]:
+    """``(run directory, weights, its checked config.json with run_dir)`` for ``--checkpoint`` and ``--weights``."""
+    run_dir, from_path = resolve_run(checkpoint, task=task)
+    config = read_config(run_dir, task=task)
+    config["run_dir"] = str(run_dir)
+    return run_dir, weights or from_path, config
 
 
 def _load_weights(run_dir: Path, weights: str | None, model: torch.nn.Module, device):
@@ -277,14 +282,11 @@ def load_forecast_run(checkpoint: str | Path | None = None, weights: str | None 
     from textrnn.config import ForecastConfig
     from textrnn.models import Forecaster
 
-    run_dir, from_path = resolve_run(checkpoint, task="forecast")
-    weights = weights or from_path
-    config = read_config(run_dir, task="forecast")
+    run_dir, weights, config = _open(checkpoint, weights, "forecast")
     try:
         forecast_config = from_dict(ForecastConfig, config["forecast"])
         input_size = int(config["data"]["input_size"])
     except (KeyError, TypeError, ValueError) as error:
         raise TextrnnError(f"{run_dir / 'config.json'} has no valid forecast config ({error})") from None
     model, config["weights"] = _load_weights(run_dir, weights, Forecaster(forecast_config, input_size), device)
-    config["run_dir"] = str(run_dir)
     return model, forecast_config, config

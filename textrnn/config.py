@@ -113,7 +113,7 @@ class ModelConfig:
     cell: str = "lstm"
     hidden_size: int = 256
     num_layers: int = 2
-    dropout: float = 0.3
+    dropout: float = 0.0  # plain dropout (a new mask per element) on embeddings, between layers, before the head
     embedding_size: int = 64
     one_hot: bool = False
     backend: str = "auto"  # fused where it exists, else scratch
@@ -122,10 +122,10 @@ class ModelConfig:
     output_depth: int = 1
     task: str = "causal"
     # Regularizers of the AWD-LSTM family (textrnn.nn.regularize); 0 / False: off, as in runs made before them.
-    weight_drop: float = 0.0  # DropConnect on the recurrent matrices W_hh, one mask per batch
-    dropout_embedding: float = 0.0  # locked dropout (one mask per row over time) on the embedding output
-    dropout_layers: float = 0.0  # locked dropout between layers
-    dropout_output: float = 0.0  # locked dropout on the last layer's outputs, before the head
+    weight_drop: float = 0.2  # DropConnect on the recurrent matrices W_hh, one mask per batch
+    dropout_embedding: float = 0.1  # locked dropout (one mask per row over time) on the embedding output
+    dropout_layers: float = 0.2  # locked dropout between layers
+    dropout_output: float = 0.3  # locked dropout on the last layer's outputs, before the head
     embedding_dropout: float = 0.0  # whole rows of the embedding matrix (characters) dropped
     tie_weights: bool = False  # the head's matrix is the embedding matrix (a projection when the widths differ)
     zoneout: float = 0.0  # zoneout on h and c (scratch cells)
@@ -136,10 +136,11 @@ class ModelConfig:
             check_probability(getattr(self, name), "--" + name.replace("_", "-"))
         _check_encoder(self)
         _require(
-            not (self.one_hot and (self.tie_weights or self.embedding_dropout or self.dropout_embedding)),
-            "--tie-weights, --embedding-dropout and --dropout-embedding act on the embedding: use --embedding, "
-            "not --one-hot",
+            not (self.one_hot and (self.tie_weights or self.embedding_dropout)),
+            "--tie-weights and --embedding-dropout act on the embedding: use --embedding, not --one-hot",
         )
+        if self.one_hot:  # one-hot inputs are not dropped (as with plain --dropout): store what the model does
+            object.__setattr__(self, "dropout_embedding", 0.0)
         _require(self.embedding_size >= 1, f"--embedding-size must be at least 1, got {self.embedding_size}")
         _require(self.vocab_size >= 0, f"vocab_size must be non-negative, got {self.vocab_size}")
         _require(self.task in TASKS, f"unknown task {self.task!r}: choose one of {', '.join(TASKS)}")
@@ -189,8 +190,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"  # bf16 / fp16: autocast for the training steps (validation stays fp32); tf32 (CUDA)
     cuda_graphs: str = "auto"  # whole-step CUDA graphs where valid (see textrnn.step)
-    average: str = "none"  # averaged weights, evaluated beside the trained ones: ema | asgd (see trainer)
-    average_decay: float = 0.999  # ema: the weight of the running average at each step
+    average: str = "ema"  # averaged weights, evaluated beside the trained ones: ema | asgd (see trainer)
+    average_decay: float = 0.998  # ema: the weight of the running average at each step
     average_after: int = 2  # asgd: validations without a gain before the averaging starts
 
     def __post_init__(self) -> None:
@@ -313,13 +314,18 @@ class ForecastConfig:
     precision: str = "fp32"  # see TrainConfig
     cuda_graphs: str = "auto"
     average: str = "none"  # see TrainConfig
-    average_decay: float = 0.999
+    average_decay: float = 0.998
     average_after: int = 2
     decoder: bool = False  # a recurrent decoder over the horizon instead of the direct multi-output head
     quantiles: tuple[float, ...] = ()  # quantile levels trained with the pinball loss; (): point forecasts (loss)
+    # Train the direct head from every position of the window's second half (MQ-RNN's forking sequences).
+    # None: on for a direct head over several steps ahead (measured best for --horizon 24 on AEP).
+    forking: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", check_quantiles(self.quantiles))
+        if self.forking is None:
+            object.__setattr__(self, "forking", self.horizon > 1 and not (self.decoder or self.bidirectional))
         object.__setattr__(self, "csv", tuple(str(path) for path in self.csv))
         object.__setattr__(self, "target", tuple(self.target))
         object.__setattr__(self, "covariates", tuple(self.covariates))
@@ -345,6 +351,11 @@ class ForecastConfig:
             not (self.decoder and self.bidirectional),
             "--decoder starts from the encoder's final state, which a bidirectional encoder does not end in: "
             "drop --bidirectional or --decoder",
+        )
+        _require(
+            not (self.forking and (self.decoder or self.bidirectional)),
+            "--forking trains the direct head of a unidirectional encoder from every position of the window "
+            "(a backward direction would see the targets there): drop --decoder / --bidirectional or --forking",
         )
 
 
@@ -379,9 +390,29 @@ def with_limits(config: TrainConfig, **limits) -> TrainConfig:
     return dataclasses.replace(config, **{name: given.get(name) for name in LIMITS})
 
 
+# What a run stored before an option existed meant the option off, whatever today's default.
+BEFORE_REGULARIZERS = {
+    "weight_drop": 0.0,
+    "dropout_embedding": 0.0,
+    "dropout_layers": 0.0,
+    "dropout_output": 0.0,
+    "embedding_dropout": 0.0,
+    "tie_weights": False,
+    "zoneout": 0.0,
+}
+BEFORE_AVERAGING = {"average": "none", "ar_alpha": 0.0, "tar_beta": 0.0, "patience": 0}
+
+
+# Forecasting runs stored before forking sequences trained without them (the default now depends on the horizon).
+BEFORE_FORKING = {"forking": False}
+
+
 def from_dict(cls, data: dict):
     """Rebuild a config from JSON, naming unknown keys instead of raising a TypeError."""
     names = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     _require(not unknown, f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(names)}")
-    return cls(**data)
+    before = {ModelConfig: BEFORE_REGULARIZERS, TrainConfig: BEFORE_AVERAGING, ForecastConfig: BEFORE_FORKING}.get(
+        cls, {}
+    )
+    return cls(**{**before, **data})

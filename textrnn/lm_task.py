@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from textrnn import checkpoint
 from textrnn.batching import Batches
-from textrnn.config import LIMITS, RESUMABLE, ModelConfig, TrainConfig
+from textrnn.config import LIMITS, RESUMABLE, ModelConfig, TrainConfig, from_dict
 from textrnn.corpus import BUILTIN
 from textrnn.distributed import join
 from textrnn.errors import TextrnnError
@@ -30,7 +30,6 @@ from textrnn.trainer import Task, fit
 class LanguageModelTask(Task):
     """A ``CharLM`` on token batches ``(B, T)``; validation: exact perplexity with the state carried."""
 
-    kind = "charlm"
     metric = "perplexity"
     unit = "tokens"
 
@@ -93,20 +92,13 @@ class LanguageModelTask(Task):
         return {"train_perplexity": math.exp(mean_loss) if mean_loss < 700 else math.inf}
 
     def summary(self, result: dict, model, main: bool) -> dict:
+        figures = {**result["last_train"], **result["last_val"]}  # absent (nan) when no step was taken
+        keys = ("train_perplexity", "val_perplexity", "val_bits_per_char")
+        kept = ("tokens_per_sec", "steps", "tokens", "elapsed_sec", "checkpoint", "interrupted", "stopped_early")
         return {
-            "tokens_per_sec": result["tokens_per_sec"],
-            "train_perplexity": result["last_train"].get("train_perplexity", math.nan),
-            "val_perplexity": result["last_val"].get("val_perplexity", math.nan),
+            **{key: figures.get(key, math.nan) for key in keys},
+            **{key: result[key] for key in (*kept, "parameters", "skipped_steps")},
             "best_val_perplexity": result["best_val"],
-            "val_bits_per_char": result["last_val"].get("val_bits_per_char", math.nan),
-            "steps": result["steps"],
-            "tokens": result["tokens"],
-            "elapsed_sec": result["elapsed_sec"],
-            "checkpoint": result["checkpoint"],
-            "interrupted": result["interrupted"],
-            "stopped_early": result["stopped_early"],
-            "parameters": result["parameters"],
-            "skipped_steps": result["skipped_steps"],
         }
 
 
@@ -136,7 +128,7 @@ def train(
         train_config = dataclasses.replace(checkpoint.train_config_of(stored), **kept)
         if train_config.corpus not in BUILTIN:  # a relative path may point elsewhere from here
             train_config = dataclasses.replace(train_config, corpus=stored["data"]["path"])
-        model_config = ModelConfig(**stored["model"])
+        model_config = from_dict(ModelConfig, stored["model"])
         tokenizer = load_tokenizer(out_dir / "tokenizer.json", stored["tokenizer"].get("type", "char"))
     elif model_config.task == "infill" and train_config.tokenizer != "char":
         raise TextrnnError("--task infill fills one character per blank: use --tokenizer char")

@@ -38,7 +38,6 @@ class Task:
     """What a task gives the trainer. Batches are tuples of tensors whose first dimension is the rows of
     the global batch; under torchrun the trainer keeps this process's rows."""
 
-    kind: str  # "charlm" | "forecast"
     metric: str  # the validation figure that decides best weights and early stopping: val_<metric>
     unit: str  # what a batch's first tensor counts, element by element: "tokens" | "windows"
     per_epoch: int  # batches in one epoch
