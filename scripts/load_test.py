@@ -123,6 +123,8 @@ def start_server(options) -> tuple[subprocess.Popen, int]:
         command += ["--checkpoint", options.checkpoint]
     if options.server_threads:
         command += ["--threads", str(options.server_threads)]
+    if options.server_engines:
+        command += ["--engines", str(options.server_engines)]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     line = server.stderr.readline()
     found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -147,6 +149,9 @@ def main() -> None:
     parser.add_argument("--url", help="A running server on 127.0.0.1, e.g. http://127.0.0.1:8000.")
     parser.add_argument(
         "--server-threads", type=int, help="--threads of the server it starts (default: its own choice)."
+    )
+    parser.add_argument(
+        "--server-engines", type=int, help="--engines of the server it starts (default: its own choice)."
     )
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4, help="Requests per client in the concurrent phase.")
@@ -180,6 +185,7 @@ def main() -> None:
     record = {
         "checkpoint": options.checkpoint,
         "server_threads": options.server_threads or "default",
+        "server_engines": options.server_engines or "default",
         "max_tokens": options.max_tokens,
         "temperature": options.temperature,
         "cpus": os.cpu_count(),

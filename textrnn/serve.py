@@ -18,6 +18,7 @@ import asyncio
 import collections
 import json
 import math
+import os
 import random
 import threading
 import time
@@ -291,8 +292,8 @@ def _stops(stop, limits: Limits) -> tuple[str, ...]:
 
 # How often at most the engine wakes a request's writer with more text. Waking the event loop at every
 # step would make the HTTP side fight the engine for the interpreter lock on every character; a stream
-# gets its first text at once, then what accumulated every 20 ms (50 updates a second), and its end at once.
-WAKE_INTERVAL = 0.02
+# gets its first text at once, then what accumulated every 40 ms (25 updates a second), and its end at once.
+WAKE_INTERVAL = 0.04
 
 
 class Handle:
@@ -361,7 +362,6 @@ class _Prefill:
 # mostly fixed overhead); longer prompts are read between steps, PREFILL_CHUNK tokens a call.
 PIGGYBACK_TOKENS = 64
 PREFILL_CHUNK = 256
-LARGE_BATCH = 16  # rows from which a step uses every thread (see Engine)
 
 
 class Engine:
@@ -373,12 +373,8 @@ class Engine:
     queued ones finish, and ends the thread.
     """
 
-    def __init__(self, model, tokenizer, limits: Limits = Limits(), threads: int | None = None):
+    def __init__(self, model, tokenizer, limits: Limits = Limits()):
         self.model = model.eval()
-        # Threads: a fixed number if given; else one for small batches (a matrix-vector step is memory-bound
-        # and a second thread only adds handoffs) and torch's default (all cores) from LARGE_BATCH rows on.
-        self._threads = (threads, threads) if threads else (1, torch.get_num_threads())
-        self._threads_now = None
         self.tokenizer = tokenizer
         self.limits = limits
         self.table = token_table(tokenizer)
@@ -430,6 +426,10 @@ class Engine:
             self._waiting.extend(jobs)
             self._condition.notify()
         return handle
+
+    def load(self) -> int:
+        """Rows stepping or being read plus choices waiting (read without the lock: a hint for EnginePool)."""
+        return self._rows() + len(self._waiting)
 
     def status(self) -> dict:
         return {
@@ -568,10 +568,6 @@ class Engine:
         sampled = len(self._jobs)
         states = ([self._state] if sampled else []) + [job.state for job in self._beams]
         tokens = torch.cat([self._tokens[:sampled], *[job.next_tokens for job in self._beams]])
-        threads = self._threads[tokens.shape[0] >= LARGE_BATCH]
-        if threads != self._threads_now:
-            torch.set_num_threads(threads)
-            self._threads_now = threads
         logits, state = self.model.step(tokens, _cat_states(states) if len(states) > 1 else states[0])
         self.steps += 1
         woken: set[Handle] = set()
@@ -698,6 +694,47 @@ class Engine:
         if settings.greedy is not None:
             chosen = torch.where(settings.greedy, logits.argmax(dim=-1), chosen)
         return chosen
+
+
+class EnginePool:
+    """Several engines over the one loaded model, each stepping its own batch in its own thread, so that on a
+    CPU each core runs a batch (the step's matrix products release the interpreter lock). A request goes
+    whole to the engine with the least load. Same interface as ``Engine``.
+
+    Why not one batch with two threads per matrix product: the HTTP side and the clients need the cores
+    too, and a product split over two threads waits for the slower one at every step (measured slower).
+    """
+
+    def __init__(self, model, tokenizer, limits: Limits, engines: int):
+        self.engines = [Engine(model, tokenizer, limits) for _ in range(engines)]
+        self.model, self.tokenizer, self.limits = model, tokenizer, limits
+        self._lock = threading.Lock()
+
+    @property
+    def steps(self) -> int:
+        return sum(engine.steps for engine in self.engines)
+
+    def submit(self, request: CompletionRequest, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+        with self._lock:
+            waiting = sum(len(engine._waiting) for engine in self.engines)
+            choices = len(request.prompts) * request.n
+            if waiting + choices > self.limits.max_queue:
+                raise ApiError(503, f"the server is busy ({waiting} choices waiting): try again shortly", "server_busy")
+            return min(self.engines, key=Engine.load).submit(request, loop)
+
+    def status(self) -> dict:
+        totals = collections.Counter()
+        for engine in self.engines:
+            totals.update(engine.status())
+        return {**totals, "engines": len(self.engines)}
+
+    def start(self) -> None:
+        for engine in self.engines:
+            engine.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        for engine in self.engines:
+            engine.close(timeout)
 
 
 @dataclass
@@ -983,16 +1020,28 @@ async def _events(handle: Handle, cid: str, created: int, model: str):
 
 
 def load_server(
-    checkpoint=None, weights: str | None = None, device="cpu", limits: Limits = Limits(), name=None, threads=None
+    checkpoint=None,
+    weights: str | None = None,
+    device="cpu",
+    limits: Limits = Limits(),
+    name=None,
+    threads: int | None = None,
+    engines: int | None = None,
 ):
-    """Load a run once and build ``(app, engine, info)`` for it (``threads``: see ``Engine``)."""
+    """Load a run once and build ``(app, engine, info)`` for it. ``engines``: batching engines over the one
+    model (default: one per core on a CPU, at most 4); ``threads``: torch threads (default: 1 with several
+    engines, torch's choice with one)."""
     require_serve()
     from textrnn.checkpoint import load_run
 
     model, tokenizer, config = load_run(checkpoint, weights, device)
     if model.config.task != "causal":
         raise TextrnnError("this run was trained with --task infill: it cannot continue text, so it cannot be served")
-    engine = Engine(model, tokenizer, limits, threads)
+    if engines is None:  # one engine per core on a CPU (at most 4); one on a GPU, where a batch fills it
+        engines = 1 if torch.device(device).type != "cpu" else max(1, min(4, os.cpu_count() or 1))
+    if engines > 1 or threads is not None:
+        torch.set_num_threads(threads or 1)  # each engine's steps on one core: no thread pool to share
+    engine = EnginePool(model, tokenizer, limits, engines) if engines > 1 else Engine(model, tokenizer, limits)
     info = model_info(model, tokenizer, config, name or Path(config["run_dir"]).resolve().name, limits)
     return create_app(engine, info), engine, info
 
