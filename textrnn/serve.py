@@ -4,8 +4,10 @@ vLLM, llama.cpp's server and text-generation-inference all speak ``POST /v1/comp
 existing clients (the ``openai`` package, curl scripts, UIs) work unchanged. Data flow::
 
     HTTP request -> parse_request (every field checked: 4xx + error object) -> Engine.submit (bounded queue: 503)
-    Engine thread: admit -> prefill the prompt once -> one model.step for every active row -> text per choice
+    Engine thread: admit -> read the prompt -> one model.step for every active row -> text per choice
     -> the request's outbox -> its writer (one JSON answer, or server-sent events as the text comes)
+
+On a CPU, EnginePool runs one engine per core over the same model, a request going to the least loaded.
 
 The engine runs continuous batching: streams join and leave between steps, and each step advances
 every active stream by one token with a single call of the model, so many clients cost little more
