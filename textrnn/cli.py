@@ -480,7 +480,17 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on (0: a free one).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-@click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's choice]")
+@click.option(
+    "--threads",
+    type=int,
+    help="CPU threads for torch.  [default: 1 with several engines, else torch's choice]",
+)
+@click.option(
+    "--engines",
+    type=int,
+    help="Batching engines over the one model, each in its own thread.  [default: one per core (at most 4) on a "
+    "CPU, 1 on a GPU]",
+)
 @click.option("--model-name", help="The model's id in the API.  [default: the run directory's name]")
 @click.option("--max-tokens", type=int, default=4096, show_default=True, help="Most tokens one choice may ask for.")
 @click.option("--max-prompt-chars", type=int, default=4096, show_default=True, help="Longest prompt.")
@@ -491,7 +501,7 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
     "--drain-seconds", type=float, default=30.0, show_default=True, help="On SIGTERM, time open requests get to finish."
 )
 @command
-def serve(checkpoint, weights, host, port, device, threads, model_name, drain_seconds, **limits):
+def serve(checkpoint, weights, host, port, device, threads, engines, model_name, drain_seconds, **limits):
     """Serve a model over the completions API (POST /v1/completions, as vLLM and llama.cpp), with a playground
     page at /. Concurrent requests are batched: one model step advances every open stream."""
     from textrnn.distributed import resolve_device
@@ -503,7 +513,9 @@ def serve(checkpoint, weights, host, port, device, threads, model_name, drain_se
         raise TextrnnError(f"--drain-seconds must be non-negative, got {drain_seconds}")
     limits = Limits(**limits)
     set_threads(threads)
-    app, _, info = load_server(checkpoint, weights, resolve_device(device), limits, model_name)
+    if engines is not None and not 1 <= engines <= 64:
+        raise TextrnnError(f"--engines must be in [1, 64], got {engines}")
+    app, _, info = load_server(checkpoint, weights, resolve_device(device), limits, model_name, threads, engines)
     sock = bind(host, port)
     shown_host = f"[{host}]" if ":" in host else host
     address = f"http://{shown_host}:{sock.getsockname()[1]}"

@@ -9,6 +9,7 @@ each series' scaler and cleaning report), ``last.pt`` (weights and trainer state
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from textrnn.timeseries import (
     calendar_features,
     clean,
     default_season,
+    interval_metrics,
+    interval_pairs,
     metrics,
     read_csv,
     window_indices,
@@ -119,19 +122,30 @@ def stored_scalers(config: dict) -> list[Scaler]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def predict_windows(model: Forecaster, features: torch.Tensor, starts: np.ndarray, lookback: int) -> np.ndarray:
-    """Scaled forecasts (W, horizon) for the windows starting at ``starts``."""
+def future_features(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The known-future features (B, horizon, F - 1) of the target times ``targets`` (B, horizon): every
+    feature column but the target itself (column 0), i.e. the calendar, which is known ahead."""
+    return features[targets][..., 1:]
+
+
+def predict_windows(
+    model: Forecaster, features: torch.Tensor, starts: np.ndarray, lookback: int, all_quantiles: bool = False
+) -> np.ndarray:
+    """Scaled forecasts (W, horizon) for the windows starting at ``starts``; (W, horizon, Q) with ``all_quantiles``."""
     device = features.device
+    horizon = model.config.horizon
     outputs = []
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         for begin in range(0, len(starts), EVAL_BATCH):
             chunk = torch.from_numpy(starts[begin : begin + EVAL_BATCH]).to(device)
-            inputs, _ = window_indices(chunk, lookback, 0, xp=torch)
-            outputs.append(model(features[inputs]).float().cpu().numpy())
+            inputs, targets = window_indices(chunk, lookback, horizon, xp=torch)
+            forecast = model(features[inputs], future_features(features, targets), all_quantiles=all_quantiles)
+            outputs.append(forecast.float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.config.horizon), np.float32)
+    shape = (0, horizon, model.outputs) if all_quantiles else (0, horizon)
+    return np.concatenate(outputs) if outputs else np.zeros(shape, np.float32)
 
 
 def score(model: Forecaster, dataset: Dataset, split: str, features: torch.Tensor | None = None) -> dict:
@@ -144,7 +158,8 @@ def score(model: Forecaster, dataset: Dataset, split: str, features: torch.Tenso
         features = torch.from_numpy(dataset.features).to(next(model.parameters()).device)
     starts = dataset.starts[split]
     lookback, horizon = dataset.lookback, dataset.horizon
-    scaled = predict_windows(model, features, starts, lookback).astype(np.float64)
+    every_quantile = predict_windows(model, features, starts, lookback, all_quantiles=True).astype(np.float64)
+    scaled = every_quantile[..., model.point]  # (W, horizon): the point forecast
     ids = dataset.series_of[starts]
     minimum = np.array([s.minimum for s in dataset.scalers])[ids][:, None]
     span = np.array([s.span for s in dataset.scalers])[ids][:, None]
@@ -160,13 +175,58 @@ def score(model: Forecaster, dataset: Dataset, split: str, features: torch.Tenso
             if (ids == number).any()
         }
 
-    return {
+    results = {
         "test": per_series(predicted),
         "overall": metrics(actual, predicted),
         "baselines": {name: per_series(forecast) for name, forecast in baselines.items()},
         "baselines_overall": {name: metrics(actual, forecast) for name, forecast in baselines.items()},
         "arrays": {"targets": targets, "ids": ids, "actual": actual, "predicted": predicted},
     }
+    if model.config.quantiles:  # the quantiles in the data's units, (W, horizon, Q), and their scores
+        quantiles = every_quantile * span[..., None] + minimum[..., None]
+        results["arrays"].update(quantiles=quantiles, levels=model.config.quantiles)
+        results.update(interval_results(model.config.quantiles, actual, quantiles, ids, dataset.names))
+    return results
+
+
+def interval_results(levels, actual: np.ndarray, quantiles: np.ndarray, ids: np.ndarray, names: list[str]) -> dict:
+    """``intervals`` ({series: ``timeseries.interval_metrics``}) and ``intervals_overall`` of ``quantiles``
+    (W, horizon, Q) against ``actual`` (W, horizon), the windows' series being ``ids`` (W,)."""
+    return {
+        "intervals": {
+            name: interval_metrics(actual[ids == number], quantiles[ids == number], levels)
+            for number, name in enumerate(names)
+            if (ids == number).any()
+        },
+        "intervals_overall": interval_metrics(actual, quantiles, levels),
+    }
+
+
+def calibrate(model: Forecaster, dataset: Dataset, features: torch.Tensor | None = None) -> np.ndarray:
+    """Widen (or narrow) each central interval of a quantile forecaster so that it covers its nominal share of
+    the validation part, step by step: conformalized quantile regression (Romano, Patterson and Candès, 2019).
+
+    For the interval between levels a < b and the validation windows' targets y, the conformity score is
+    max(q_a - y, y - q_b); its ceil((n + 1)(b - a)) / n empirical quantile c (per step ahead, in scaled units)
+    is subtracted from q_a and added to q_b. Sets and returns ``model.interval_offsets`` (horizon, Q).
+    """
+    levels = model.config.quantiles
+    model.interval_offsets.zero_()
+    if features is None:
+        features = torch.from_numpy(dataset.features).to(next(model.parameters()).device)
+    starts = dataset.starts["val"]
+    quantiles = predict_windows(model, features, starts, dataset.lookback, all_quantiles=True).astype(np.float64)
+    _, targets = window_indices(starts, dataset.lookback, dataset.horizon)
+    actual = dataset.values[targets].astype(np.float64)  # (W, horizon), scaled like the forecasts
+    offsets = np.zeros((dataset.horizon, len(levels)))
+    count = len(starts)
+    for low, high in interval_pairs(levels):
+        scores = np.maximum(quantiles[..., low] - actual, actual - quantiles[..., high])  # (W, horizon)
+        rank = min(1.0, math.ceil((count + 1) * (levels[high] - levels[low])) / count)
+        correction = np.quantile(scores, rank, axis=0, method="higher")  # (horizon,)
+        offsets[:, low], offsets[:, high] = -correction, correction
+    model.interval_offsets.copy_(torch.from_numpy(offsets))
+    return offsets
 
 
 # ----------------------------------------------------------------------------- evaluation and prediction
@@ -211,8 +271,12 @@ def _check_file_count(stored: dict, csv) -> None:
         )
 
 
-def forecast_series(model: Forecaster, config: ForecastConfig, item: Series, scaler: Scaler, steps: int):
-    """Forecast ``steps`` points past the end of ``item`` (recursively, ``horizon`` at a time) -> (times, values)."""
+def forecast_series(
+    model: Forecaster, config: ForecastConfig, item: Series, scaler: Scaler, steps: int, with_quantiles: bool = False
+):
+    """Forecast ``steps`` points past the end of ``item`` (recursively, ``horizon`` at a time) -> (times, values),
+    and with ``with_quantiles`` also the quantiles (steps, Q) (past the first ``horizon`` steps they are those
+    of the model fed its own medians, so they leave out the uncertainty of those)."""
     if steps < 1:
         raise TextrnnError(f"--steps must be at least 1, got {steps}")
     start, end = item.segments[-1]
@@ -224,8 +288,11 @@ def forecast_series(model: Forecaster, config: ForecastConfig, item: Series, sca
     step = np.timedelta64(item.step_seconds, "s")
     history_times = item.times[end - config.lookback : end]
     future_times = history_times[-1] + step * np.arange(1, steps + 1)
-    calendar = calendar_features(np.concatenate([history_times, future_times]), config.calendar)
+    # The calendar of whole horizons: the decoder reads that of every target time of the last block too.
+    padded = history_times[-1] + step * np.arange(1, -(-steps // config.horizon) * config.horizon + 1)
+    calendar = calendar_features(np.concatenate([history_times, padded]), config.calendar)
     scaled = list(scaler.transform(item.values[end - config.lookback : end]).astype(np.float32))
+    quantiles = []  # (horizon, Q) blocks, scaled
     device = next(model.parameters()).device
     model.eval()
     with torch.inference_mode():
@@ -238,9 +305,14 @@ def forecast_series(model: Forecaster, config: ForecastConfig, item: Series, sca
                 ],
                 axis=1,
             )
-            forecast = model(torch.from_numpy(window)[None].to(device))[0].float().cpu().numpy()
-            scaled.extend(forecast[: config.lookback + steps - position].tolist())
+            future = torch.from_numpy(calendar[position : position + config.horizon])[None].to(device)
+            block = model(torch.from_numpy(window)[None].to(device), future, all_quantiles=True)[0]
+            block = block.float().cpu().numpy()
+            quantiles.append(block)
+            scaled.extend(block[: config.lookback + steps - position, model.point].tolist())
     values = scaler.inverse(np.array(scaled[config.lookback :], dtype=np.float64))
+    if with_quantiles:
+        return future_times, values, scaler.inverse(np.concatenate(quantiles)[:steps].astype(np.float64))
     return future_times, values
 
 
@@ -252,8 +324,10 @@ def predict_run(checkpoint_dir=None, csv=None, steps: int = 24, weights=None, de
     series, files = load_series(config, csv or None, step_seconds=stored["data"]["step_seconds"])
     forecasts = []
     for item, scaler in zip(series, stored_scalers(stored)):
-        times, values = forecast_series(model, config, item, scaler, steps)
+        times, values, quantiles = forecast_series(model, config, item, scaler, steps, with_quantiles=True)
         forecasts.append({"series": item.name, "times": times, "values": values, "history": item})
+        if config.quantiles:  # (steps, Q) in the data's units, for the q<level> columns and the band
+            forecasts[-1].update(quantiles=quantiles, levels=config.quantiles)
     return {
         "forecasts": forecasts,
         "time_col": config.time_col,
@@ -281,6 +355,8 @@ def plot_panels(path: str | Path, panels: list[dict], title: str) -> None:
     pyplot = require_matplotlib()
     figure, axes = pyplot.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False)
     for axis, panel in zip(axes[:, 0], panels):
+        for label, times, lower, upper in panel.get("bands", ()):  # prediction intervals, under the lines
+            axis.fill_between(times.astype("datetime64[s]").astype(object), lower, upper, alpha=0.25, label=label)
         for label, times, values in panel["lines"]:
             axis.plot(times.astype("datetime64[s]").astype(object), values, label=label, linewidth=1)
         axis.set_title(panel["name"])
@@ -303,8 +379,18 @@ def test_panels(dataset: Dataset, arrays: dict, points: int = 336) -> list[dict]
         rows = np.flatnonzero(arrays["ids"] == number)[-points:]
         times = dataset.times[arrays["targets"][rows, 0]]
         lines = [("actual", times, arrays["actual"][rows, 0]), ("forecast", times, arrays["predicted"][rows, 0])]
-        panels.append({"name": name, "lines": lines})
+        panels.append({"name": name, "lines": lines, "bands": _bands(arrays, times, rows, 0)})
     return panels
+
+
+def _bands(source: dict, times: np.ndarray, rows, step=None) -> list:
+    """The outermost central interval of ``source["quantiles"]`` (if any) as a band ``(label, times, lower, upper)``."""
+    if "quantiles" not in source or len(source["levels"]) < 2:
+        return []
+    levels, quantiles = source["levels"], source["quantiles"][rows]
+    if step is not None:
+        quantiles = quantiles[:, step]
+    return [(f"{levels[0]:g}-{levels[-1]:g} interval", times, quantiles[:, 0], quantiles[:, -1])]
 
 
 def forecast_panels(forecasts: list[dict], history_points: int) -> list[dict]:
@@ -316,5 +402,6 @@ def forecast_panels(forecasts: list[dict], history_points: int) -> list[dict]:
             ("observed", history.times[-history_points:], history.values[-history_points:]),
             ("forecast", forecast["times"], forecast["values"]),
         ]
-        panels.append({"name": forecast["series"], "lines": lines})
+        bands = _bands(forecast, forecast["times"], slice(None))
+        panels.append({"name": forecast["series"], "lines": lines, "bands": bands})
     return panels

@@ -137,6 +137,12 @@ _TRAINING_OPTIONS = [
         "seasons before it) instead of the direct head (last state -> horizon values).",
     ),
     _option(
+        "--forking/--no-forking",
+        default=None,
+        help="Train the direct head from every position of the window's second half, not only the last "
+        "(forking sequences, MQ-RNN): many more forecasts learned per pass of the encoder.",
+    ),
+    _option(
         "--quantiles",
         help="Quantile levels for prediction intervals, e.g. 0.1,0.5,0.9 (each in (0, 1), increasing, with 0.5: "
         "the median is the point forecast); trained with the pinball loss instead of --loss.",
@@ -455,7 +461,8 @@ def predict_command(checkpoint, weights, csv_files, future_files, steps, out, pl
         require_matplotlib()
     if steps < 1 or steps > 1_000_000:
         raise TextrnnError(f"--steps must be in [1, 1000000], got {steps}")
-    result = predict_run(checkpoint, csv_files, steps, weights, device, future_csv=future_files)
+    future = {"future_csv": future_files} if future_files else {}  # predict_run takes it once covariates are wired
+    result = predict_run(checkpoint, csv_files, steps, weights, device, **future)
     outputs = []  # (name, times, values): each series, then its quantiles (AEP_MW_q0.1, ...) with --quantiles
     for item in result["forecasts"]:
         outputs.append((item["series"], item["times"], item["values"]))

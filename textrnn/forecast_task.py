@@ -20,10 +20,17 @@ from textrnn import checkpoint
 from textrnn.config import LIMITS, RESUMABLE, ForecastConfig, from_dict
 from textrnn.distributed import join
 from textrnn.errors import TextrnnError
-from textrnn.forecast import dataset_of, describe_data, load_series, score, season_of
+from textrnn.forecast import calibrate, dataset_of, describe_data, future_features, load_series, score, season_of
 from textrnn.models import Forecaster
 from textrnn.timeseries import Dataset, window_indices
 from textrnn.trainer import Task, fit
+
+
+def pinball_loss(predicted: torch.Tensor, target: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Mean pinball loss of quantiles ``predicted`` (B, H, Q) at ``levels`` (Q,) for ``target`` (B, H):
+    τ (y - q) where y >= q, (1 - τ) (q - y) where y < q; minimised by the τ-quantile of y."""
+    error = target[..., None] - predicted
+    return torch.maximum(levels * error, (levels - 1) * error).mean()
 
 
 def _loss(config: ForecastConfig):
@@ -37,7 +44,6 @@ def _loss(config: ForecastConfig):
 class ForecastTask(Task):
     """Shuffled batches of training windows ``(B,)`` (their start indices); validation: pooled sMAPE."""
 
-    kind = "forecast"
     metric = "smape"
     unit = "windows"
     carries_state = False
@@ -54,6 +60,8 @@ class ForecastTask(Task):
         self.batch_size = config.batch_size
         self.per_epoch = math.ceil(len(self.train_starts) / config.batch_size)
         self.loss_function = _loss(config)
+        self.levels = torch.tensor(config.quantiles, dtype=torch.float32, device=device)
+        self.horizon_steps = torch.arange(config.horizon, device=device)[None, :]  # (1, H)
 
     def build_model(self) -> Forecaster:
         return Forecaster(self.config, self.dataset.features.shape[1])
@@ -74,8 +82,30 @@ class ForecastTask(Task):
             yield (self.train_starts[order[batch * size : (batch + 1) * size]],)
 
     def loss(self, model, batch, state):
+        if self.config.forking:
+            return self._forking_loss(model, batch[0]), None
         inputs, targets = window_indices(batch[0], self.config.lookback, self.config.horizon, xp=torch)
-        return self.loss_function(model(self.features[inputs]), self.values[targets]), None
+        window, future = self.features[inputs], future_features(self.features, targets)
+        if self.config.quantiles:  # every quantile, trained with the pinball loss (--loss is for point forecasts)
+            return pinball_loss(model(window, future, all_quantiles=True), self.values[targets], self.levels), None
+        return self.loss_function(model(window, future), self.values[targets]), None
+
+    def _forking_loss(self, model, starts: torch.Tensor) -> torch.Tensor:
+        """Forking sequences (MQ-RNN, Wen et al. 2017): the head forecasts the horizon from every position of the
+        window's second half, as if the window ended there: lookback / 2 forecasts per window for one pass of the
+        encoder. Every target lies in the window or its horizon, so in the training part."""
+        lookback = self.config.lookback
+        first = lookback // 2
+        inputs, _ = window_indices(starts, lookback, 0, xp=torch)
+        ahead = torch.arange(first + 1, lookback + 1, device=starts.device)[:, None] + self.horizon_steps  # (P, H)
+        targets = starts[:, None, None] + ahead  # (B, P, H)
+        # the known-ahead covariates of every position's horizon, only where the head reads them (a large gather)
+        known = self.config.future_covariates or self.config.country
+        future = future_features(self.features, targets) if known else None
+        forecast = model(self.features[inputs], future, all_quantiles=True, from_position=first)
+        if self.config.quantiles:
+            return pinball_loss(forecast, self.values[targets], self.levels)
+        return self.loss_function(forecast[..., 0], self.values[targets])
 
     def validate(self, model) -> dict:
         val = score(model, self.dataset, "val", self.features)["overall"]
@@ -97,9 +127,14 @@ class ForecastTask(Task):
         started = time.perf_counter()
         best = checkpoint.read_tensors(Path(result["checkpoint"]) / "best.pt")
         model.load_state_dict(best["model"])
+        if self.config.quantiles:  # intervals calibrated on the validation part, stored with the best weights
+            calibrate(model, self.dataset, self.features)
+            best["model"] = model.state_dict()
+            checkpoint.write_tensors(Path(result["checkpoint"]) / "best.pt", best)
         results = score(model, self.dataset, "test", self.features)
         summary = {
             **{key: results[key] for key in ("test", "overall", "baselines", "baselines_overall")},
+            **{key: results[key] for key in ("intervals", "intervals_overall") if key in results},  # --quantiles
             "best_val_smape": result["best_val"],
             "best_step": best.get("step"),
             **{key: result[key] for key in ("steps", "epochs", "train_seconds", "windows_per_sec", "parameters")},
@@ -135,6 +170,8 @@ def train_forecaster(
         for now, before in zip(files, stored["data"]["files"]):
             if now["sha256"] != before["sha256"]:
                 raise TextrnnError(f"{now['path']} changed since the run began (sha256 differs): it cannot be resumed")
+    if config.decoder and config.season is None:  # the decoder reads values whole seasons back: store the season
+        config = dataclasses.replace(config, season=season_of(config, series))
     dataset = dataset_of(config, series, season_of(config, series))
     data = describe_data(series, files, dataset, config)
     world, device = join(config.device)

@@ -179,6 +179,8 @@ class Forecaster(nn.Module):
         self.known = len(getattr(config, "future_covariates", ())) + bool(getattr(config, "country", None))
         use_decoder = getattr(config, "decoder", False)
         self.decoder = HorizonDecoder(config, input_size - self.observed) if use_decoder else None
+        if levels:  # added to the quantiles after training, calibrated on the validation part (forecast.calibrate)
+            self.register_buffer("interval_offsets", torch.zeros(config.horizon, len(levels)))
         if self.decoder is None:
             # (horizon * Q): with one output per step the parameters are those of runs before quantiles
             width = config.hidden_size * (2 if config.bidirectional else 1)
@@ -219,9 +221,17 @@ class Forecaster(nn.Module):
                 raise ValueError("a forecaster with a decoder needs the known-future features of the horizon")
             raw = self.decoder(window, future, state)
         forecast = ordered_quantiles(raw, self.point)
+        if self.outputs > 1:
+            forecast = keep_order(forecast + self.interval_offsets, self.point)
         if self.config.residual:
             forecast = forecast + window[:, -1:, :1]
         return forecast if all_quantiles else forecast[..., self.point]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "interval_offsets"
+        if hasattr(self, "interval_offsets") and key not in state_dict:  # a run from before calibration: none
+            state_dict[key] = torch.zeros_like(self.interval_offsets)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _forking(self, window, outputs, future, first: int) -> torch.Tensor:
         """The direct head on the states (B, P, H) after each position from ``first`` on -> (B, P, horizon, Q)."""
@@ -253,6 +263,14 @@ def ordered_quantiles(raw: torch.Tensor, point: int) -> torch.Tensor:
     above = center + torch.cumsum(steps[..., point + 1 :], dim=-1)
     below = center - torch.cumsum(steps[..., :point].flip(-1), dim=-1).flip(-1)
     return torch.cat([below, center, above], dim=-1)
+
+
+def keep_order(quantiles: torch.Tensor, point: int) -> torch.Tensor:
+    """(..., Q) -> the same with every quantile at least as far from the one at ``point`` as its inner neighbour
+    (an interval narrowed by calibration never crosses the median or an inner interval)."""
+    upper = torch.cummax(quantiles[..., point:], dim=-1).values
+    lower = torch.cummin(quantiles[..., : point + 1].flip(-1), dim=-1).values.flip(-1)
+    return torch.cat([lower[..., :-1], upper], dim=-1)
 
 
 MAX_SEASONAL_LAGS = 7  # with a week's look-back of hourly data: the same hour on each of the last 7 days
