@@ -27,13 +27,14 @@ from textrnn.timeseries import (
     Series,
     baseline_forecasts,
     build_dataset,
-    calendar_features,
     clean,
     default_season,
     interval_metrics,
     interval_pairs,
     metrics,
+    prediction_inputs,
     read_csv,
+    read_future,
     window_indices,
 )
 
@@ -53,7 +54,14 @@ def load_series(config: ForecastConfig, paths=None, step_seconds: int | None = N
     stems = [Path(path).stem for path in paths]
     series, files = [], []
     for number, path in enumerate(paths):
-        table = read_csv(path, config.time_col, list(config.target), config.time_format)
+        table = read_csv(
+            path,
+            config.time_col,
+            list(config.target),
+            config.time_format,
+            dayfirst=config.dayfirst,
+            covariates=[*config.covariates, *config.future_covariates],
+        )
         files.append(
             {
                 "path": str(Path(path).resolve()),
@@ -67,7 +75,7 @@ def load_series(config: ForecastConfig, paths=None, step_seconds: int | None = N
                 name = column
             else:
                 name = f"{stems[number]}:{column}" if stems.count(stems[number]) == 1 else f"{number}:{column}"
-            series.append(clean(table.times, values, name, config.max_gap, step_seconds))
+            series.append(clean(table.times, values, name, config.max_gap, step_seconds, table.covariates))
     steps = sorted({item.step_seconds for item in series})
     if len(steps) > 1:
         raise TextrnnError(
@@ -77,7 +85,9 @@ def load_series(config: ForecastConfig, paths=None, step_seconds: int | None = N
     return series, files
 
 
-def dataset_of(config: ForecastConfig, series: list[Series], season: int, scalers=None) -> Dataset:
+def dataset_of(
+    config: ForecastConfig, series: list[Series], season: int, scalers=None, covariate_scalers=None
+) -> Dataset:
     """The windows of ``config`` over ``series`` (see ``timeseries.build_dataset``)."""
     return build_dataset(
         series,
@@ -88,6 +98,10 @@ def dataset_of(config: ForecastConfig, series: list[Series], season: int, scaler
         config.test_fraction,
         season,
         scalers=scalers,
+        observed=config.covariates,
+        known=config.future_covariates,
+        country=config.country,
+        covariate_scalers=covariate_scalers,
     )
 
 
@@ -107,16 +121,26 @@ def describe_data(series: list[Series], files: list[dict], dataset: Dataset, con
             {
                 "name": item.name,
                 "scaler": dataclasses.asdict(scaler),
+                "covariate_scalers": {name: dataclasses.asdict(each) for name, each in covariates.items()},
                 "report": item.report,
                 "first_test_time": first_test,
             }
-            for item, scaler, first_test in zip(series, dataset.scalers, dataset.first_test_time)
+            for item, scaler, covariates, first_test in zip(
+                series, dataset.scalers, dataset.covariate_scalers, dataset.first_test_time
+            )
         ],
     }
 
 
 def stored_scalers(config: dict) -> list[Scaler]:
     return [Scaler(**item["scaler"]) for item in config["data"]["series"]]
+
+
+def stored_covariate_scalers(config: dict) -> list[dict[str, Scaler]]:
+    return [
+        {name: Scaler(**each) for name, each in item.get("covariate_scalers", {}).items()}
+        for item in config["data"]["series"]
+    ]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -240,7 +264,7 @@ def evaluate_run(checkpoint_dir=None, csv=None, weights=None, device="cpu") -> d
     if csv:
         _check_file_count(stored, csv)
         series, _ = load_series(config, csv, step_seconds=step)
-        scalers = stored_scalers(stored)
+        scalers, covariate_scalers = stored_scalers(stored), stored_covariate_scalers(stored)
     else:
         series, files = load_series(config, step_seconds=step)
         for now, before in zip(files, stored["data"]["files"]):
@@ -249,8 +273,8 @@ def evaluate_run(checkpoint_dir=None, csv=None, weights=None, device="cpu") -> d
                     f"{now['path']} changed since training (sha256 differs): its test split is not the one the run "
                     "was scored on; give it with --csv to score every window of it with the stored scalers"
                 )
-        scalers = None
-    dataset = dataset_of(config, series, stored["data"]["season"], scalers)
+        scalers = covariate_scalers = None
+    dataset = dataset_of(config, series, stored["data"]["season"], scalers, covariate_scalers)
     if scalers is None and dataset.scalers != stored_scalers(stored):
         raise TextrnnError("the rebuilt scalers differ from the stored ones: the data or the code changed")
     started = time.perf_counter()
@@ -272,59 +296,74 @@ def _check_file_count(stored: dict, csv) -> None:
 
 
 def forecast_series(
-    model: Forecaster, config: ForecastConfig, item: Series, scaler: Scaler, steps: int, with_quantiles: bool = False
+    model: Forecaster,
+    config: ForecastConfig,
+    item: Series,
+    scaler: Scaler,
+    steps: int,
+    with_quantiles: bool = False,
+    covariate_scalers: dict[str, Scaler] | None = None,
+    future=None,
 ):
     """Forecast ``steps`` points past the end of ``item`` (recursively, ``horizon`` at a time) -> (times, values),
     and with ``with_quantiles`` also the quantiles (steps, Q) (past the first ``horizon`` steps they are those
-    of the model fed its own medians, so they leave out the uncertainty of those)."""
-    if steps < 1:
-        raise TextrnnError(f"--steps must be at least 1, got {steps}")
-    start, end = item.segments[-1]
-    if end - start < config.lookback:
-        raise TextrnnError(
-            f"series {item.name!r} ends with {end - start} contiguous points, fewer than the --lookback of "
-            f"{config.lookback} the model reads: there is nothing to forecast from"
-        )
-    step = np.timedelta64(item.step_seconds, "s")
-    history_times = item.times[end - config.lookback : end]
-    future_times = history_times[-1] + step * np.arange(1, steps + 1)
-    # The calendar of whole horizons: the decoder reads that of every target time of the last block too.
-    padded = history_times[-1] + step * np.arange(1, -(-steps // config.horizon) * config.horizon + 1)
-    calendar = calendar_features(np.concatenate([history_times, padded]), config.calendar)
-    scaled = list(scaler.transform(item.values[end - config.lookback : end]).astype(np.float32))
+    of the model fed its own medians, so they leave out the uncertainty of those). ``future`` holds the
+    known-ahead covariates of the steps (``timeseries.read_future``)."""
+    lookback, horizon = config.lookback, config.horizon
+    future_times, rows = prediction_inputs(
+        item,
+        scaler,
+        covariate_scalers or {},
+        config.calendar,
+        lookback,
+        horizon,
+        steps,
+        observed=config.covariates,
+        known=config.future_covariates,
+        country=config.country,
+        future=future,
+    )
     quantiles = []  # (horizon, Q) blocks, scaled
     device = next(model.parameters()).device
     model.eval()
     with torch.inference_mode():
-        while len(scaled) < config.lookback + steps:
-            position = len(scaled)
-            window = np.concatenate(
-                [
-                    np.array(scaled[-config.lookback :], np.float32)[:, None],
-                    calendar[position - config.lookback : position],
-                ],
-                axis=1,
-            )
-            future = torch.from_numpy(calendar[position : position + config.horizon])[None].to(device)
-            block = model(torch.from_numpy(window)[None].to(device), future, all_quantiles=True)[0]
-            block = block.float().cpu().numpy()
+        for position in range(lookback, lookback + steps, horizon):
+            window = torch.from_numpy(rows[position - lookback : position])[None].to(device)
+            known = torch.from_numpy(rows[position : position + horizon, 1:])[None].to(device)  # future_features
+            block = model(window, known, all_quantiles=True)[0].float().cpu().numpy()
             quantiles.append(block)
-            scaled.extend(block[: config.lookback + steps - position, model.point].tolist())
-    values = scaler.inverse(np.array(scaled[config.lookback :], dtype=np.float64))
+            rows[position : position + horizon, 0] = block[:, model.point]  # the forecasts become the next inputs
+    values = scaler.inverse(rows[lookback : lookback + steps, 0].astype(np.float64))
     if with_quantiles:
         return future_times, values, scaler.inverse(np.concatenate(quantiles)[:steps].astype(np.float64))
     return future_times, values
 
 
-def predict_run(checkpoint_dir=None, csv=None, steps: int = 24, weights=None, device="cpu") -> dict:
-    """Forecasts past the end of every series of ``csv`` (default: the training files) with a stored model."""
+def predict_run(checkpoint_dir=None, csv=None, steps: int = 24, weights=None, device="cpu", future_csv=()) -> dict:
+    """Forecasts past the end of every series of ``csv`` (default: the training files) with a stored model.
+
+    ``future_csv``: the known-ahead covariates of the steps, one file for all series or one per file."""
     model, config, stored = checkpoint.load_forecast_run(checkpoint_dir, weights, resolve_device(device))
     if csv:
         _check_file_count(stored, csv)
     series, files = load_series(config, csv or None, step_seconds=stored["data"]["step_seconds"])
+    future_csv = [str(path) for path in future_csv or ()]
+    if future_csv and not config.future_covariates:
+        raise TextrnnError("--future-csv gives known-ahead covariates, but the model reads none: leave it out")
+    if len(future_csv) not in (0, 1, len(files)):
+        raise TextrnnError(f"give one --future-csv for all files, or one per file ({len(files)}), in their order")
+    futures = [
+        read_future(path, config.time_col, config.future_covariates, config.time_format, config.dayfirst)
+        for path in future_csv
+    ]
     forecasts = []
-    for item, scaler in zip(series, stored_scalers(stored)):
-        times, values, quantiles = forecast_series(model, config, item, scaler, steps, with_quantiles=True)
+    for number, (item, scaler, covariate_scalers) in enumerate(
+        zip(series, stored_scalers(stored), stored_covariate_scalers(stored))
+    ):
+        future = futures[min(number // len(config.target), len(futures) - 1)] if futures else None  # file by file
+        times, values, quantiles = forecast_series(
+            model, config, item, scaler, steps, True, covariate_scalers=covariate_scalers, future=future
+        )
         forecasts.append({"series": item.name, "times": times, "values": values, "history": item})
         if config.quantiles:  # (steps, Q) in the data's units, for the q<level> columns and the band
             forecasts[-1].update(quantiles=quantiles, levels=config.quantiles)

@@ -461,8 +461,7 @@ def predict_command(checkpoint, weights, csv_files, future_files, steps, out, pl
         require_matplotlib()
     if steps < 1 or steps > 1_000_000:
         raise TextrnnError(f"--steps must be in [1, 1000000], got {steps}")
-    future = {"future_csv": future_files} if future_files else {}  # predict_run takes it once covariates are wired
-    result = predict_run(checkpoint, csv_files, steps, weights, device, **future)
+    result = predict_run(checkpoint, csv_files, steps, weights, device, future_csv=future_files)
     outputs = []  # (name, times, values): each series, then its quantiles (AEP_MW_q0.1, ...) with --quantiles
     for item in result["forecasts"]:
         outputs.append((item["series"], item["times"], item["values"]))
