@@ -585,20 +585,52 @@ class LSTM(_BackendChoice, nn.LSTM):
 
 class _ScratchOnly:
     """Constructor of the scratch-only stacks: torch's parameters (so a GRU's or LSTM's ``state_dict`` loads
-    with ``strict=False``) plus the variant's own."""
+    with ``strict=False``) plus the variant's own. Subclasses name ``_torch_class``, ``_cell`` and ``_variant``."""
 
-    def _build(self, torch_class, cell: str, input_size, hidden_size, torch_options, textrnn_options, **variant):
+    _torch_class: type
+    _cell: str
+    _variant: dict
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "scratch",
+        transition_depth: int = 1,
+        weight_drop: float = 0.0,
+        locked_dropout: float = 0.0,
+        zoneout: float = 0.0,
+    ) -> None:
         # Validate before torch's constructor so the refusal is the clear one.
-        check_backend(cell, textrnn_options["backend"], textrnn_options["transition_depth"], textrnn_options["zoneout"])
-        torch_class.__init__(self, input_size, hidden_size, **torch_options)
+        check_backend(self._cell, backend, transition_depth, zoneout)
+        self._torch_class.__init__(
+            self,
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            bias=bias,
+            batch_first=batch_first,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            device=device,
+            dtype=dtype,
+        )
         self._add_scratch_parameters(
-            cell,
-            textrnn_options["backend"],
-            textrnn_options["transition_depth"],
-            weight_drop=textrnn_options["weight_drop"],
-            locked_dropout=textrnn_options["locked_dropout"],
-            zoneout=textrnn_options["zoneout"],
-            **variant,
+            self._cell,
+            backend,
+            transition_depth,
+            weight_drop=weight_drop,
+            locked_dropout=locked_dropout,
+            zoneout=zoneout,
+            **self._variant,
         )
 
 
@@ -613,41 +645,9 @@ class PeepholeLSTM(_ScratchOnly, LSTM):
 
     __doc__ += _REGULARIZER_DOC
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "scratch",
-        transition_depth: int = 1,
-        weight_drop: float = 0.0,
-        locked_dropout: float = 0.0,
-        zoneout: float = 0.0,
-    ) -> None:
-        torch_options = dict(
-            num_layers=num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            device=device,
-            dtype=dtype,
-        )
-        textrnn_options = dict(
-            backend=backend,
-            transition_depth=transition_depth,
-            weight_drop=weight_drop,
-            locked_dropout=locked_dropout,
-            zoneout=zoneout,
-        )
-        self._build(nn.LSTM, "peephole_lstm", input_size, hidden_size, torch_options, textrnn_options, peephole=True)
+    _torch_class = nn.LSTM
+    _cell = "peephole_lstm"
+    _variant = {"peephole": True}
 
 
 class LayerNormLSTM(_ScratchOnly, LSTM):
@@ -662,41 +662,9 @@ class LayerNormLSTM(_ScratchOnly, LSTM):
 
     __doc__ += _REGULARIZER_DOC
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "scratch",
-        transition_depth: int = 1,
-        weight_drop: float = 0.0,
-        locked_dropout: float = 0.0,
-        zoneout: float = 0.0,
-    ) -> None:
-        torch_options = dict(
-            num_layers=num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            device=device,
-            dtype=dtype,
-        )
-        textrnn_options = dict(
-            backend=backend,
-            transition_depth=transition_depth,
-            weight_drop=weight_drop,
-            locked_dropout=locked_dropout,
-            zoneout=zoneout,
-        )
-        self._build(nn.LSTM, "layernorm_lstm", input_size, hidden_size, torch_options, textrnn_options, layernorm=True)
+    _torch_class = nn.LSTM
+    _cell = "layernorm_lstm"
+    _variant = {"layernorm": True}
 
 
 class LayerNormGRU(_ScratchOnly, GRU):
@@ -709,41 +677,9 @@ class LayerNormGRU(_ScratchOnly, GRU):
 
     __doc__ += _REGULARIZER_DOC
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "scratch",
-        transition_depth: int = 1,
-        weight_drop: float = 0.0,
-        locked_dropout: float = 0.0,
-        zoneout: float = 0.0,
-    ) -> None:
-        torch_options = dict(
-            num_layers=num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            device=device,
-            dtype=dtype,
-        )
-        textrnn_options = dict(
-            backend=backend,
-            transition_depth=transition_depth,
-            weight_drop=weight_drop,
-            locked_dropout=locked_dropout,
-            zoneout=zoneout,
-        )
-        self._build(nn.GRU, "layernorm_gru", input_size, hidden_size, torch_options, textrnn_options, layernorm=True)
+    _torch_class = nn.GRU
+    _cell = "layernorm_gru"
+    _variant = {"layernorm": True}
 
 
 _ENCODER_CLASSES = {
