@@ -11,6 +11,7 @@ Without ``WORLD_SIZE`` (or with 1) every helper here is a no-op.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 
 import torch
@@ -70,8 +71,13 @@ class World:
             self.started = True
 
     def close(self) -> None:
+        """Leave the group together: every process reaches the end before any destroys it, and objects that
+        hold it (DDP) are collected first, while the interpreter is whole (gloo aborted at exit otherwise)."""
         if self.started and dist.is_initialized():
+            gc.collect()
+            dist.barrier()
             dist.destroy_process_group()
+            self.started = False
 
     def rows(self, batch_size: int, strict: bool = True) -> slice:
         """This process's rows of a global batch: equal blocks (``strict``: a carried state needs them), else

@@ -144,10 +144,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _exp(value: float) -> float:
-    return math.exp(value) if value < 700 else math.inf
-
-
 def _kept(out_dir: Path) -> str:
     if (out_dir / "last.pt").exists():
         return f"the last good checkpoint in {out_dir} was kept"
@@ -445,5 +441,6 @@ def fit(
     }
     summary = task.summary(result, model, world.main)
     report("end", summary)
+    step_function = stepper = None  # DDP holds the process group: let it go before the group is destroyed
     world.close()
     return summary
