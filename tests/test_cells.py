@@ -408,6 +408,22 @@ def test_modules_refuse_fused_scratch_only_variants():
         PeepholeLSTM(INPUT_SIZE, HIDDEN_SIZE, backend="fused")
     with pytest.raises(TextrnnError, match="use --backend scratch"):
         LSTM(INPUT_SIZE, HIDDEN_SIZE, transition_depth=2)
+    with pytest.raises(TextrnnError, match="the peephole_lstm cell has no proj_size"):
+        PeepholeLSTM(INPUT_SIZE, HIDDEN_SIZE, proj_size=2)
+
+
+def test_modules_take_torchs_arguments_positionally_and_by_name():
+    assert RNN(INPUT_SIZE, HIDDEN_SIZE, 2, "relu").cell == RNN(INPUT_SIZE, HIDDEN_SIZE, nonlinearity="relu").cell
+    assert RNN(INPUT_SIZE, HIDDEN_SIZE).cell == "rnn_tanh"
+    lstm = LSTM(INPUT_SIZE, HIDDEN_SIZE, 2, True, True, 0.1, True, 3, backend="scratch")
+    assert (lstm.num_layers, lstm.batch_first, lstm.dropout, lstm.bidirectional, lstm.proj_size) == (
+        2,
+        True,
+        0.1,
+        True,
+        3,
+    )
+    assert lstm.backend == "scratch" and PeepholeLSTM(INPUT_SIZE, HIDDEN_SIZE).backend == "scratch"
 
 
 @pytest.mark.gpu

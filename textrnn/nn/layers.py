@@ -97,6 +97,35 @@ class _BackendChoice:
     weight_drop: float
     locked_dropout: float
     zoneout: float
+    _scratch_cell: str | None = None  # the scratch-only stacks name their cell; the others take torch's mode
+    _variant: dict = {}
+
+    def __init__(
+        self,
+        *args,
+        backend: str | None = None,
+        transition_depth: int = 1,
+        weight_drop: float = 0.0,
+        locked_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        **kwargs,
+    ) -> None:
+        """torch's positional and keyword arguments, then textrnn's keyword-only ones (the class docstring)."""
+        backend = backend or ("scratch" if self._scratch_cell else "fused")
+        if self._scratch_cell:  # validated before torch's constructor so that the refusal is the clear one
+            check_backend(self._scratch_cell, backend, transition_depth, zoneout)
+        super().__init__(*args, **kwargs)
+        if self._scratch_cell and self.proj_size:
+            raise TextrnnError(f"the {self._scratch_cell} cell has no proj_size")
+        self._add_scratch_parameters(
+            self._scratch_cell or self.mode.lower(),
+            backend,
+            transition_depth,
+            weight_drop=weight_drop,
+            locked_dropout=locked_dropout,
+            zoneout=zoneout,
+            **self._variant,
+        )
 
     def _add_scratch_parameters(
         self,
@@ -452,46 +481,6 @@ class RNN(_BackendChoice, nn.RNN):
 
     __doc__ += _REGULARIZER_DOC
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "fused",
-        transition_depth: int = 1,
-        weight_drop: float = 0.0,
-        locked_dropout: float = 0.0,
-        zoneout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            nonlinearity=nonlinearity,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            device=device,
-            dtype=dtype,
-        )
-        self._add_scratch_parameters(
-            f"rnn_{nonlinearity}",
-            backend,
-            transition_depth,
-            weight_drop=weight_drop,
-            locked_dropout=locked_dropout,
-            zoneout=zoneout,
-        )
-
 
 class GRU(_BackendChoice, nn.GRU):
     """GRU stack, ``torch.nn.GRU`` plus textrnn's keyword arguments.
@@ -502,39 +491,6 @@ class GRU(_BackendChoice, nn.GRU):
     """
 
     __doc__ += _REGULARIZER_DOC
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "fused",
-        transition_depth: int = 1,
-        weight_drop: float = 0.0,
-        locked_dropout: float = 0.0,
-        zoneout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            device=device,
-            dtype=dtype,
-        )
-        self._add_scratch_parameters(
-            "gru", backend, transition_depth, weight_drop=weight_drop, locked_dropout=locked_dropout, zoneout=zoneout
-        )
 
 
 class LSTM(_BackendChoice, nn.LSTM):
@@ -547,94 +503,8 @@ class LSTM(_BackendChoice, nn.LSTM):
 
     __doc__ += _REGULARIZER_DOC
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "fused",
-        transition_depth: int = 1,
-        weight_drop: float = 0.0,
-        locked_dropout: float = 0.0,
-        zoneout: float = 0.0,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            proj_size=proj_size,
-            device=device,
-            dtype=dtype,
-        )
-        self._add_scratch_parameters(
-            "lstm", backend, transition_depth, weight_drop=weight_drop, locked_dropout=locked_dropout, zoneout=zoneout
-        )
 
-
-class _ScratchOnly:
-    """Constructor of the scratch-only stacks: torch's parameters (so a GRU's or LSTM's ``state_dict`` loads
-    with ``strict=False``) plus the variant's own. Subclasses name ``_torch_class``, ``_cell`` and ``_variant``."""
-
-    _torch_class: type
-    _cell: str
-    _variant: dict
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        backend: str = "scratch",
-        transition_depth: int = 1,
-        weight_drop: float = 0.0,
-        locked_dropout: float = 0.0,
-        zoneout: float = 0.0,
-    ) -> None:
-        # Validate before torch's constructor so the refusal is the clear one.
-        check_backend(self._cell, backend, transition_depth, zoneout)
-        self._torch_class.__init__(
-            self,
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            device=device,
-            dtype=dtype,
-        )
-        self._add_scratch_parameters(
-            self._cell,
-            backend,
-            transition_depth,
-            weight_drop=weight_drop,
-            locked_dropout=locked_dropout,
-            zoneout=zoneout,
-            **self._variant,
-        )
-
-
-class PeepholeLSTM(_ScratchOnly, LSTM):
+class PeepholeLSTM(LSTM):
     """LSTM whose gates also see the cell (scratch only; see ``textrnn.nn.cells.peephole_lstm_step``).
 
     The input and forget gates see the previous cell ``c_{t-1}``, the output gate the new
@@ -645,12 +515,11 @@ class PeepholeLSTM(_ScratchOnly, LSTM):
 
     __doc__ += _REGULARIZER_DOC
 
-    _torch_class = nn.LSTM
-    _cell = "peephole_lstm"
+    _scratch_cell = "peephole_lstm"
     _variant = {"peephole": True}
 
 
-class LayerNormLSTM(_ScratchOnly, LSTM):
+class LayerNormLSTM(LSTM):
     """Layer-normalized LSTM (Ba et al. 2016; scratch only; see ``textrnn.nn.cells.layernorm_lstm_step``).
 
     ``gates = LN(W_ih x) * g_ih + LN(W_hh h) * g_hh + b_ih + b_hh``, ``c' = f * c + i * g``,
@@ -662,12 +531,11 @@ class LayerNormLSTM(_ScratchOnly, LSTM):
 
     __doc__ += _REGULARIZER_DOC
 
-    _torch_class = nn.LSTM
-    _cell = "layernorm_lstm"
+    _scratch_cell = "layernorm_lstm"
     _variant = {"layernorm": True}
 
 
-class LayerNormGRU(_ScratchOnly, GRU):
+class LayerNormGRU(GRU):
     """Layer-normalized GRU (scratch only; see ``textrnn.nn.cells.layernorm_gru_step``).
 
     torch's GRU with ``LN(W_ih x) * g_ih + b_ih`` and ``LN(W_hh h) * g_hh + b_hh`` in place of
@@ -677,8 +545,7 @@ class LayerNormGRU(_ScratchOnly, GRU):
 
     __doc__ += _REGULARIZER_DOC
 
-    _torch_class = nn.GRU
-    _cell = "layernorm_gru"
+    _scratch_cell = "layernorm_gru"
     _variant = {"layernorm": True}
 
 
