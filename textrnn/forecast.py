@@ -378,39 +378,6 @@ def predict_run(checkpoint_dir=None, csv=None, steps: int = 24, weights=None, de
 # ----------------------------------------------------------------------------- plots
 
 
-def require_matplotlib():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot
-    except ImportError:
-        raise TextrnnError("--plot needs matplotlib: pip install 'textrnn[plot]' (or pip install matplotlib)") from None
-    return pyplot
-
-
-def plot_panels(path: str | Path, panels: list[dict], title: str) -> None:
-    """One panel per series: each dict has ``name`` and lines ``[(label, times, values), ...]``."""
-    pyplot = require_matplotlib()
-    figure, axes = pyplot.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False)
-    for axis, panel in zip(axes[:, 0], panels):
-        for label, times, lower, upper in panel.get("bands", ()):  # prediction intervals, under the lines
-            axis.fill_between(times.astype("datetime64[s]").astype(object), lower, upper, alpha=0.25, label=label)
-        for label, times, values in panel["lines"]:
-            axis.plot(times.astype("datetime64[s]").astype(object), values, label=label, linewidth=1)
-        axis.set_title(panel["name"])
-        axis.legend(loc="upper left")
-    figure.suptitle(title)
-    figure.autofmt_xdate()
-    figure.tight_layout()
-    try:
-        figure.savefig(path, dpi=110)
-    except OSError as error:
-        raise TextrnnError(f"could not write the plot {path} ({error.strerror or error})") from None
-    finally:
-        pyplot.close(figure)
-
-
 def test_panels(dataset: Dataset, arrays: dict, points: int = 336) -> list[dict]:
     """Actual vs predicted (first step ahead) over the last ``points`` test targets of each series (at most 6)."""
     panels = []

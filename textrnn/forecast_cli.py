@@ -330,7 +330,7 @@ def train_command(out, resume, plot, tensorboard, threads, json_output, **option
     from textrnn.config import from_dict
 
     if plot is not None:
-        from textrnn.forecast import require_matplotlib
+        from textrnn.plots import require_matplotlib
 
         require_matplotlib()
     set_threads(threads)
@@ -353,7 +353,8 @@ def train_command(out, resume, plot, tensorboard, threads, json_output, **option
             f"warning: {summary['skipped_steps']} steps were skipped for a non-finite loss or gradient", err=True
         )
     if plot is not None:
-        from textrnn.forecast import plot_panels, test_panels
+        from textrnn.forecast import test_panels
+        from textrnn.plots import plot_panels
 
         plot_panels(plot, test_panels(summary["dataset"], summary["arrays"]), f"test forecasts, {out}")
     if json_output:
@@ -408,7 +409,8 @@ def _run_options(function):
 @command
 def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
     """Score a trained forecaster next to the persistence and seasonal-naive baselines."""
-    from textrnn.forecast import evaluate_run, plot_panels, require_matplotlib, test_panels
+    from textrnn.forecast import evaluate_run, test_panels
+    from textrnn.plots import plot_panels, require_matplotlib
 
     if plot is not None:
         require_matplotlib()
@@ -455,7 +457,8 @@ def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
 @command
 def predict_command(checkpoint, weights, csv_files, future_files, steps, out, plot, device):
     """Forecast --steps past the end of each series, written as CSV: the time column, then one column per series."""
-    from textrnn.forecast import forecast_panels, plot_panels, predict_run, require_matplotlib
+    from textrnn.forecast import forecast_panels, predict_run
+    from textrnn.plots import plot_panels, require_matplotlib
 
     if plot is not None:
         require_matplotlib()
