@@ -141,6 +141,7 @@ _TRAINING_OPTIONS = [
         default=None,
         help="Train the direct head from every position of the window's second half, not only the last "
         "(forking sequences, MQ-RNN): many more forecasts learned per pass of the encoder.",
+        default_text="on, unless --decoder or --bidirectional",
     ),
     _option(
         "--quantiles",
