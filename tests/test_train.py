@@ -8,6 +8,7 @@ from textrnn import generate, load_checkpoint
 from textrnn.config import ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
 from textrnn.lm_task import train
+from textrnn.step import cpu_has_bf16
 from textrnn.trainer import learning_rate
 
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN, TRAIN_JSON_KEYS
@@ -120,8 +121,15 @@ def test_the_default_budget_applies_only_when_no_limit_is_given():
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_bf16_training_follows_fp32_closely(tiny_corpus, tmp_path, cell):
-    """The opt-in fast path: the same tiny run under bf16 autocast ends near the fp32 one."""
+    """The opt-in fast path: the same tiny run under bf16 autocast ends near the fp32 one. A CPU without bf16
+    instructions refuses the fused LSTM under bf16 (oneDNN cannot run it) with one clear line."""
     results = {}
+    if cell == "lstm" and not cpu_has_bf16():
+        model_config, train_config = configs(tiny_corpus, model={"cell": cell}, precision="bf16", max_steps=3)
+        with pytest.raises(TextrnnError, match="needs a CPU with bf16 instructions.*--backend scratch"):
+            train(model_config, train_config, tmp_path / "refused")
+        assert not (tmp_path / "refused" / "config.json").exists()  # refused before the run directory is made
+        return
     for precision in ("fp32", "bf16"):
         model_config, train_config = configs(
             tiny_corpus, model={"cell": cell, "hidden_size": 32}, precision=precision, max_steps=30, eval_every=30

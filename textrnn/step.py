@@ -29,11 +29,31 @@ from textrnn.nn import map_state
 WARMUP_STEPS = 3  # eager steps (on a side stream) before the capture: lazy initialisation happens there
 
 
-def check_precision(precision: str, device: torch.device) -> None:
+def check_precision(precision: str, device: torch.device, model: torch.nn.Module | None = None) -> None:
+    """Refuse a precision the device cannot run; ``model`` is checked for kernels that refuse it there."""
     if precision in ("fp16", "tf32") and device.type != "cuda":
         raise TextrnnError(f"--precision {precision} runs on CUDA GPUs: use fp32 or bf16 on {device.type}")
     if precision == "bf16" and device.type not in ("cpu", "cuda"):
         raise TextrnnError(f"--precision bf16 runs on CPUs and CUDA GPUs, not on {device.type}: use --precision fp32")
+    if precision == "bf16" and device.type == "cpu" and model is not None and not cpu_has_bf16():
+        fused_lstm = any(
+            isinstance(module, torch.nn.LSTM) and getattr(module, "backend", "fused") == "fused"
+            for module in model.modules()
+        )
+        if fused_lstm:
+            raise TextrnnError(
+                f"--precision bf16 with the fused LSTM needs a CPU with bf16 instructions (AVX-512 BF16 or AMX; "
+                f"torch sees {torch.backends.cpu.get_cpu_capability()}): oneDNN refuses a bf16 LSTM here. "
+                "Use --precision fp32, or --backend scratch"
+            )
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (without it, its LSTM refuses bf16 inputs)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @contextlib.contextmanager

@@ -189,9 +189,9 @@ def fit(
     report = callback if callback is not None and world.main else (lambda event, info: None)
     out_dir = Path(out_dir)
     saved = read_resume_state(out_dir, world) if resume else None
-    check_precision(getattr(config, "precision", "fp32"), device)
     torch.manual_seed(config.seed)
     model = task.build_model().to(device)
+    check_precision(getattr(config, "precision", "fp32"), device, model)
     if world.active:  # the same initial weights everywhere, then each process its own dropout masks
         torch.manual_seed((config.seed + world.rank) % 2**63)
     obstacle = graph_obstacle(config, device, world.active)
