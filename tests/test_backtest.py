@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 from test_forecast import TINY_FORECAST, sine_csv
 
-from textrnn.backtest import backtest, plan_folds
 from textrnn.cli import cli
 from textrnn.config import ForecastConfig
 from textrnn.errors import TextrnnError
-from textrnn.forecast_task import train_forecaster
+from textrnn.forecast.backtest import backtest, plan_folds
+from textrnn.forecast.task import train_forecaster
 
 HOURS = 24 * 40  # the sine file: 960 hourly points, a test part of 96
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from textrnn.batching import Batches
 from textrnn.errors import TextrnnError
+from textrnn.text.batching import Batches
 
 
 def stream(n):

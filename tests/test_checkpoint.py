@@ -11,7 +11,7 @@ import torch
 from textrnn import checkpoint, load_checkpoint
 from textrnn.config import ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
-from textrnn.lm_task import train
+from textrnn.lm.task import train
 
 from conftest import TINY_MODEL, TINY_TRAIN
 
@@ -93,7 +93,7 @@ def test_a_foreign_directory_is_refused(tmp_path):
 
 
 def test_a_tokenizer_that_does_not_match_the_weights_is_refused(run):
-    from textrnn.tokenizer import CharTokenizer
+    from textrnn.text.tokenizer import CharTokenizer
 
     (run / "tokenizer.json").write_text(CharTokenizer.build("ab", "none").to_json())
     with pytest.raises(TextrnnError, match="does not belong to these weights"):

@@ -3,8 +3,8 @@ import io
 
 import pytest
 
-from textrnn import corpus
 from textrnn.errors import TextrnnError
+from textrnn.text import corpus
 
 
 def test_read_text_refuses_missing_empty_directory_and_non_utf8(tmp_path):

@@ -9,20 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from textrnn import forecast
 from textrnn.cli import cli
 from textrnn.errors import TextrnnError
-from textrnn.timeseries import (
-    Scaler,
-    build_dataset,
-    clean,
-    describe,
-    holiday_flags,
-    prediction_inputs,
-    read_table,
-    split_points,
-    window_features,
-)
+from textrnn.forecast import predict as forecast
+from textrnn.timeseries.clean import clean, describe
+from textrnn.timeseries.features import Scaler, holiday_flags, window_features
+from textrnn.timeseries.read import read_table
+from textrnn.timeseries.windows import build_dataset, prediction_inputs, split_points
 
 TINY = ["--lookback", "6", "--horizon", "2", "--hidden-size", "8", "--batch-size", "16", "--max-steps", "6",
         "--eval-every", "3", "--warmup-steps", "0", "--device", "cpu"]  # fmt: skip
@@ -114,7 +107,7 @@ def test_feature_columns_are_target_calendar_known_observed():
 def test_the_model_reads_known_ahead_values_of_the_target_times_and_never_observed_ones():
     torch = pytest.importorskip("torch")
     from textrnn.config import ForecastConfig
-    from textrnn.models import Forecaster
+    from textrnn.forecast.model import Forecaster
 
     for decoder in (False, True):
         config = ForecastConfig(csv=("x",), target=("load",), lookback=4, horizon=3, hidden_size=8, season=2,

@@ -3,9 +3,9 @@ import math
 import torch
 from torch.nn import functional as F
 
-from textrnn import evaluate
 from textrnn.config import ModelConfig
-from textrnn.models import CharLM
+from textrnn.lm import evaluate
+from textrnn.lm.model import CharLM
 
 
 def make_model():

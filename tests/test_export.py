@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from textrnn.cli import cli
 from textrnn.config import ForecastConfig, ModelConfig
 from textrnn.errors import TextrnnError
-from textrnn.models import CharLM, Forecaster
+from textrnn.forecast.model import Forecaster
+from textrnn.lm.model import CharLM
 
 from conftest import TINY_CLI
 

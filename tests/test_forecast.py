@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from textrnn.cli import cli
 from textrnn.config import ForecastConfig
 from textrnn.errors import TextrnnError
-from textrnn.forecast_task import train_forecaster
+from textrnn.forecast.task import train_forecaster
 
 TINY_FORECAST = {
     "lookback": 24,
@@ -174,7 +174,7 @@ def test_missing_options_and_impossible_sizes_are_refused(series_csv):
 
 
 def test_several_files_train_jointly_with_their_own_scalers(tmp_path):
-    from textrnn.forecast import load_series
+    from textrnn.forecast.data import load_series
 
     first = sine_csv(tmp_path / "north.csv")
     second = sine_csv(tmp_path / "south.csv", start="2021-03-01T00:00")

@@ -7,14 +7,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from textrnn.batching import Batches
 from textrnn.cli import cli
 from textrnn.config import ModelConfig, SampleConfig, TrainConfig
 from textrnn.errors import TextrnnError
-from textrnn.lm_task import train
-from textrnn.sample import generate
-from textrnn.text_data import load_splits
-from textrnn.tokenizer import CharTokenizer
+from textrnn.lm.sample import generate
+from textrnn.lm.task import train
+from textrnn.text.batching import Batches
+from textrnn.text.splits import load_splits
+from textrnn.text.tokenizer import CharTokenizer
 
 from conftest import TINY_CLI, TINY_MODEL, TINY_TEXT, TINY_TRAIN
 

@@ -10,14 +10,14 @@ import torch
 from click.testing import CliRunner
 from test_forecast import TINY_FORECAST, TINY_FORECAST_CLI, sine_csv
 
-from textrnn.checkpoint import load_forecast_run
 from textrnn.cli import cli
 from textrnn.config import ForecastConfig, check_quantiles, from_dict
 from textrnn.errors import TextrnnError
-from textrnn.forecast import dataset_of, evaluate_run, load_series, score
-from textrnn.forecast_task import pinball_loss, train_forecaster
-from textrnn.models import Forecaster, keep_order, ordered_quantiles, seasonal_lags
-from textrnn.timeseries import interval_metrics, interval_score, pinball
+from textrnn.forecast.data import dataset_of, load_series
+from textrnn.forecast.evaluate import evaluate_run, score
+from textrnn.forecast.model import Forecaster, keep_order, load_forecast_run, ordered_quantiles, seasonal_lags
+from textrnn.forecast.task import pinball_loss, train_forecaster
+from textrnn.timeseries.metrics import interval_metrics, interval_score, pinball
 
 
 def run(*args):
@@ -203,7 +203,8 @@ def test_forking_trains_and_is_refused_where_it_would_see_the_targets(tmp_path):
 
 def test_plots_draw_the_interval_band(tmp_path):
     pytest.importorskip("matplotlib")
-    from textrnn.forecast import forecast_panels, predict_run, test_panels
+    from textrnn.forecast.panels import forecast_panels, test_panels
+    from textrnn.forecast.predict import predict_run
 
     path = sine_csv(tmp_path / "load.csv", noise=1.0)
     base = ["--csv", path, "--time-col", "time", "--target", "load", *TINY_FORECAST_CLI, "--quantiles", "0.1,0.5,0.9"]

@@ -5,7 +5,7 @@ import torch
 
 from textrnn.config import ModelConfig
 from textrnn.errors import TextrnnError
-from textrnn.models import CharLM
+from textrnn.lm.model import CharLM
 from textrnn.nn import detach_state
 
 
@@ -251,7 +251,7 @@ def test_tied_weights_share_one_matrix(embedding_size):
 def test_a_tied_model_is_saved_once_and_loaded_tied(tiny_corpus, tmp_path):
     from textrnn import load_checkpoint
     from textrnn.config import TrainConfig
-    from textrnn.lm_task import train
+    from textrnn.lm.task import train
 
     model_config = ModelConfig(hidden_size=8, num_layers=1, embedding_size=6, dropout=0.0, tie_weights=True)
     train_config = TrainConfig(
@@ -275,7 +275,7 @@ def test_ar_and_tar_add_exactly_the_hand_computed_amount():
     from types import SimpleNamespace
 
     from textrnn.config import TrainConfig
-    from textrnn.lm_task import LanguageModelTask
+    from textrnn.lm.task import LanguageModelTask
 
     off = {"weight_drop": 0.0, "dropout_embedding": 0.0, "dropout_layers": 0.0, "dropout_output": 0.0}
     model = CharLM(ModelConfig(vocab_size=5, hidden_size=3, num_layers=1, embedding_size=2, dropout=0.0, **off)).train()
@@ -310,7 +310,7 @@ def test_ar_and_tar_add_exactly_the_hand_computed_amount():
 def test_an_interrupted_and_resumed_run_with_every_regularizer_ends_exactly_alike(tiny_corpus, tmp_path, model_options):
     """Every mask comes from the RNG state saved with the checkpoint, so a resumed run draws the same ones."""
     from textrnn.config import TrainConfig
-    from textrnn.lm_task import train
+    from textrnn.lm.task import train
 
     model_config = ModelConfig(hidden_size=8, num_layers=2, embedding_size=8, dropout=0.1, **model_options)
     train_config = TrainConfig(
@@ -380,7 +380,7 @@ def test_a_run_directory_written_before_the_regularizers_loads(tiny_corpus, tmp_
 
     from textrnn import load_checkpoint
     from textrnn.config import TrainConfig
-    from textrnn.lm_task import train
+    from textrnn.lm.task import train
 
     model_config = ModelConfig(hidden_size=8, num_layers=2, embedding_size=4, dropout=0.0)
     train_config = TrainConfig(

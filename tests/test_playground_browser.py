@@ -21,7 +21,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from textrnn.cli import cli  # noqa: E402
-from textrnn.serve import Limits, bind, load_server, make_server  # noqa: E402
+from textrnn.serve.app import bind, load_server, make_server  # noqa: E402
+from textrnn.serve.request import Limits  # noqa: E402
 
 from conftest import TINY_CLI, TINY_TEXT  # noqa: E402
 

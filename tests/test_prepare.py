@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from textrnn import prepare as preparing
 from textrnn.cli import cli
 from textrnn.config import TrainConfig
-from textrnn.text_data import load_splits
+from textrnn.text import prepare as preparing
+from textrnn.text.splits import load_splits
 
 from conftest import TINY_CLI
 

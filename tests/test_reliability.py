@@ -13,7 +13,7 @@ import torch
 from textrnn import checkpoint, load_checkpoint
 from textrnn.config import ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
-from textrnn.lm_task import train
+from textrnn.lm.task import train
 
 from conftest import TINY_CLI, TINY_MODEL, TINY_TEXT, TINY_TRAIN
 
@@ -146,7 +146,7 @@ def test_a_run_directory_in_use_is_refused_and_a_stale_lock_is_taken_over(tiny_c
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_the_run_when_in_a_row(tiny_corpus, tmp_path, monkeypatch):
-    import textrnn.lm_task as trainer
+    import textrnn.lm.task as trainer
 
     real = trainer.F.cross_entropy
     calls = []

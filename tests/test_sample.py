@@ -13,9 +13,9 @@ import textrnn
 from textrnn.cli import cli
 from textrnn.config import ModelConfig, SampleConfig
 from textrnn.errors import TextrnnError
-from textrnn.models import CharLM
-from textrnn.sample import TextStream, _filter_logits, beam_search, fill, generate, iter_generate, token_table
-from textrnn.tokenizer import ByteTokenizer, CharTokenizer
+from textrnn.lm.model import CharLM
+from textrnn.lm.sample import TextStream, _filter_logits, beam_search, fill, generate, iter_generate, token_table
+from textrnn.text.tokenizer import ByteTokenizer, CharTokenizer
 
 from conftest import TINY_CLI
 

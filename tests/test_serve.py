@@ -19,8 +19,10 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from textrnn.cli import cli  # noqa: E402
-from textrnn.sample import beam_search  # noqa: E402
-from textrnn.serve import ApiError, Engine, Limits, bind, load_server, make_server, parse_request  # noqa: E402
+from textrnn.lm.sample import beam_search  # noqa: E402
+from textrnn.serve.app import bind, load_server, make_server  # noqa: E402
+from textrnn.serve.engine import Engine  # noqa: E402
+from textrnn.serve.request import ApiError, Limits, parse_request  # noqa: E402
 
 from conftest import TINY_CLI, TINY_TEXT  # noqa: E402
 
@@ -338,7 +340,7 @@ def _complete(engine, body: dict) -> list[str]:
 
 def test_long_prompts_are_read_in_chunks_with_the_same_result(run_dir, monkeypatch):
     import textrnn
-    from textrnn import serve
+    from textrnn.serve import engine as serve
 
     model = textrnn.load_checkpoint(run_dir)
     engine = Engine(model, model.tokenizer, LIMITS)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from textrnn.batching import Batches
 from textrnn.config import ForecastConfig, ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
-from textrnn.models import CharLM
+from textrnn.lm.model import CharLM
 from textrnn.nn import detach_state
-from textrnn.step import Step, build_optimizer, check_precision, graph_obstacle
+from textrnn.text.batching import Batches
+from textrnn.train.step import Step, build_optimizer, check_precision, graph_obstacle
 
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
 
@@ -108,7 +108,7 @@ def test_precisions_are_checked_against_the_device():
 @pytest.mark.gpu
 @pytest.mark.parametrize("cell,backend", [("lstm", "fused"), ("gru", "fused"), ("lstm", "scratch")])
 def test_graphed_and_eager_training_agree_on_a_gpu(tiny_corpus, tmp_path, cell, backend):
-    from textrnn.lm_task import train
+    from textrnn.lm.task import train
 
     results = {}
     for graphs in ("on", "off"):
@@ -121,7 +121,7 @@ def test_graphed_and_eager_training_agree_on_a_gpu(tiny_corpus, tmp_path, cell, 
 @cuda
 @pytest.mark.gpu
 def test_a_graphed_run_resumes_exactly_on_a_gpu(tiny_corpus, tmp_path):
-    from textrnn.lm_task import train
+    from textrnn.lm.task import train
 
     model = ModelConfig(**{**TINY_MODEL, "num_layers": 2, "dropout": 0.2})
     config = TrainConfig(corpus=str(tiny_corpus), **{**TINY_TRAIN, "device": "cuda", "max_steps": 40, "eval_every": 8})
@@ -137,7 +137,7 @@ def test_a_graphed_run_resumes_exactly_on_a_gpu(tiny_corpus, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision,backend", [("fp16", "fused"), ("bf16", "scratch"), ("tf32", "fused")])
 def test_mixed_precision_on_a_gpu_follows_fp32(tiny_corpus, tmp_path, precision, backend):
-    from textrnn.lm_task import train
+    from textrnn.lm.task import train
 
     results = {}
     for name in ("fp32", precision):

@@ -16,7 +16,7 @@ pytest.importorskip("tensorboard")
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from textrnn.tensorboard import TensorBoardLogger, scalars, tee  # noqa: E402
+from textrnn.train.tensorboard import TensorBoardLogger, scalars, tee  # noqa: E402
 
 
 def invoke(*args):

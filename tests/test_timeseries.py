@@ -10,20 +10,12 @@ import pandas as pd
 import pytest
 
 from textrnn.errors import TextrnnError
-from textrnn.timeseries import (
-    Scaler,
-    baseline_forecasts,
-    build_dataset,
-    calendar_features,
-    clean,
-    describe,
-    metrics,
-    parse_times,
-    read_csv,
-    read_table,
-    split_points,
-    window_indices,
-)
+from textrnn.timeseries.clean import clean, describe
+from textrnn.timeseries.features import Scaler, calendar_features
+from textrnn.timeseries.metrics import baseline_forecasts, metrics
+from textrnn.timeseries.read import parse_times, read_table
+from textrnn.timeseries.read import read_table as read_csv
+from textrnn.timeseries.windows import build_dataset, split_points, window_indices
 
 AEP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "AEP_hourly.csv"
 # PJM Data Miner's hourly metered load export (hour-beginning times in UTC and in Eastern Prevailing Time,

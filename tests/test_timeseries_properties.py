@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from textrnn.timeseries import clean, read_table
+from textrnn.timeseries.clean import clean
+from textrnn.timeseries.read import read_table
 
 PROPERTIES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from textrnn.errors import TextrnnError
-from textrnn.tokenizer import CharTokenizer
+from textrnn.text.tokenizer import CharTokenizer
 
 
 def test_vocabulary_is_sorted_characters_after_unk():
@@ -74,7 +74,7 @@ def test_compact_encoding_matches_and_takes_one_byte_per_character():
 
 @pytest.mark.parametrize("normalize", ["none", "d2l"])
 def test_byte_tokenizer_matches_hf_round_trips_and_counts_characters(tmp_path, normalize):
-    from textrnn.tokenizer import ByteTokenizer, load_tokenizer
+    from textrnn.text.tokenizer import ByteTokenizer, load_tokenizer
 
     tokenizer = ByteTokenizer.build(normalize)
     path = tmp_path / "tokenizer.json"
@@ -95,7 +95,7 @@ def test_byte_tokenizer_matches_hf_round_trips_and_counts_characters(tmp_path, n
 
 
 def test_bpe_learns_words_round_trips_any_text_and_counts_characters(tmp_path):
-    from textrnn.tokenizer import BpeTokenizer, _pieces, load_tokenizer
+    from textrnn.text.tokenizer import BpeTokenizer, _pieces, load_tokenizer
 
     training = "the time traveller said that the time machine was ready " * 40
     tokenizer = BpeTokenizer.build(training, "none", 300)
@@ -116,7 +116,7 @@ def test_bpe_learns_words_round_trips_any_text_and_counts_characters(tmp_path):
 
 
 def test_long_text_is_encoded_in_pieces_that_cut_no_word_or_merged_run():
-    from textrnn.tokenizer import BpeTokenizer
+    from textrnn.text.tokenizer import BpeTokenizer
 
     d2l = CharTokenizer.build("abcdef ", "d2l")
     assert d2l.decode(d2l.encode_compact("Abc!! def", chunk=4)) == "abc def"  # one space, as in one piece

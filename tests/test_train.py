@@ -7,9 +7,9 @@ import torch
 from textrnn import generate, load_checkpoint
 from textrnn.config import ModelConfig, TrainConfig
 from textrnn.errors import TextrnnError
-from textrnn.lm_task import train
-from textrnn.step import cpu_has_bf16
-from textrnn.trainer import learning_rate
+from textrnn.lm.task import train
+from textrnn.train.schedule import learning_rate
+from textrnn.train.step import cpu_has_bf16
 
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN, TRAIN_JSON_KEYS
 

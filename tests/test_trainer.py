@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from textrnn.config import ForecastConfig, ModelConfig, TrainConfig
-from textrnn.distributed import World
-from textrnn.lm_task import LanguageModelTask, train
-from textrnn.trainer import Task, fit
+from textrnn.lm.task import LanguageModelTask, train
+from textrnn.train.distributed import World
+from textrnn.train.task import Task
+from textrnn.train.trainer import fit
 
 from conftest import TINY_MODEL, TINY_TRAIN
 
@@ -148,7 +149,7 @@ def test_language_models_stop_early_with_patience(tiny_corpus, tmp_path, monkeyp
 
 
 def test_an_exponential_moving_average_follows_its_formula():
-    from textrnn.trainer import WeightAverage
+    from textrnn.train.averaging import WeightAverage
 
     model = torch.nn.Linear(2, 1)
     average = WeightAverage(model, "ema", decay=0.9)

@@ -8,13 +8,13 @@ The public API::
 """
 
 from textrnn.errors import TextrnnError
-from textrnn.evaluate import perplexity
-from textrnn.sample import generate
+from textrnn.lm.evaluate import perplexity
+from textrnn.lm.sample import generate
 
 
 def load_checkpoint(path=None, weights: str | None = None, device="cpu"):
     """Load a trained model from a run directory (newest run if None); its tokenizer is ``model.tokenizer``."""
-    from textrnn.checkpoint import load_run
+    from textrnn.lm.model import load_run
 
     model, tokenizer, config = load_run(path, weights, device)
     model.tokenizer = tokenizer

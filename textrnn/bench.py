@@ -2,7 +2,7 @@
 
 Every configuration runs in a fresh worker process (``python -m textrnn.bench --worker JSON``),
 so its peak memory (RSS on a CPU, max allocated on CUDA) is its own. A worker trains with
-the real trainer (``textrnn.lm_task.train``) for a fixed time, then times evaluation (the
+the real trainer (``textrnn.lm.task.train``) for a fixed time, then times evaluation (the
 exact carried-state pass of ``textrnn eval``) and sampling (``textrnn.generate``). The
 baseline is a per-batch loop written the way the d2l book trains: one-hot inputs,
 ``nn.GRU`` in (T, B) layout, SGD, a Python gradient clip whose norm comparison syncs, and
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from textrnn.cli_common import columns
+from textrnn.tables import columns
 
 SIZES = {
     "d2l": {"hidden_size": 256, "num_layers": 1, "batch_size": 32, "num_steps": 35},
@@ -153,9 +153,9 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def _textrnn_run(job: dict, device: torch.device) -> dict:
     from textrnn.config import ModelConfig, SampleConfig, TrainConfig
-    from textrnn.evaluate import cross_entropy_sum
-    from textrnn.lm_task import train
-    from textrnn.sample import generate
+    from textrnn.lm.evaluate import cross_entropy_sum
+    from textrnn.lm.sample import generate
+    from textrnn.lm.task import train
 
     size = SIZES[job["size"]]
     model_config = ModelConfig(
@@ -182,7 +182,7 @@ def _textrnn_run(job: dict, device: torch.device) -> dict:
     )
     with tempfile.TemporaryDirectory() as out:
         summary = train(model_config, train_config, Path(out) / "run")
-        from textrnn.checkpoint import load_run
+        from textrnn.lm.model import load_run
 
         model, tokenizer, _ = load_run(Path(out) / "run", "last", device)
         result = {"train_tokens_per_sec": summary["tokens_per_sec"], "steps": summary["steps"]}
@@ -202,7 +202,7 @@ def _textrnn_run(job: dict, device: torch.device) -> dict:
 
 def _corpus_run(job: dict) -> dict:
     from textrnn.config import TrainConfig
-    from textrnn.text_data import load_splits
+    from textrnn.text.splits import load_splits
 
     started = time.perf_counter()
     _, splits, _ = load_splits(TrainConfig(corpus=job["corpus"], normalize="none", max_steps=1))

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from textrnn.atomic import atomic_write
-from textrnn.config import ModelConfig, TrainConfig, from_dict
+from textrnn.config import TrainConfig, from_dict
 from textrnn.errors import TextrnnError
-from textrnn.tokenizer import CharTokenizer, load_tokenizer
+from textrnn.text.tokenizer import CharTokenizer
 
 FORMAT = "textrnn-run"
 FORMAT_VERSION = 1
@@ -227,26 +227,7 @@ def newest_run(root: Path = CHECKPOINT_ROOT, task: str = "charlm") -> Path:
     )
 
 
-def load_run(checkpoint: str | Path | None = None, weights: str | None = None, device: str | torch.device = "cpu"):
-    """Load ``(model, tokenizer, config)`` from a run directory (best weights unless told otherwise)."""
-    from textrnn.models import CharLM
-
-    run_dir, weights, config = _open(checkpoint, weights, "charlm")
-    tokenizer = load_tokenizer(run_dir / "tokenizer.json", config["tokenizer"].get("type", "char"))
-    try:
-        model_config = from_dict(ModelConfig, config["model"])
-    except (KeyError, TypeError) as error:
-        raise TextrnnError(f"{run_dir / 'config.json'} has no valid model config ({error})") from None
-    if model_config.vocab_size != tokenizer.vocab_size:
-        raise TextrnnError(
-            f"{run_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model was built for "
-            f"{model_config.vocab_size}: the tokenizer does not belong to these weights"
-        )
-    model, config["weights"] = _load_weights(run_dir, weights, CharLM(model_config), device)
-    return model, tokenizer, config
-
-
-def _open(checkpoint, weights: str | None, task: str) -> tuple[Path, str | None, dict]:
+def open_run(checkpoint, weights: str | None, task: str) -> tuple[Path, str | None, dict]:
     """``(run directory, weights, its checked config.json with run_dir)`` for ``--checkpoint`` and ``--weights``."""
     run_dir, from_path = resolve_run(checkpoint, task=task)
     config = read_config(run_dir, task=task)
@@ -254,7 +235,7 @@ def _open(checkpoint, weights: str | None, task: str) -> tuple[Path, str | None,
     return run_dir, weights or from_path, config
 
 
-def _load_weights(run_dir: Path, weights: str | None, model: torch.nn.Module, device):
+def load_weights(run_dir: Path, weights: str | None, model: torch.nn.Module, device):
     """Fill ``model`` with the run's ``weights`` (best, else last, when None) -> (model in eval mode, weights)."""
     if weights is None:
         weights = "best" if (run_dir / "best.pt").is_file() else "last"
@@ -272,21 +253,3 @@ def _load_weights(run_dir: Path, weights: str | None, model: torch.nn.Module, de
 
 def train_config_of(config: dict) -> TrainConfig:
     return from_dict(TrainConfig, config["train"])
-
-
-def load_forecast_run(checkpoint: str | Path | None = None, weights: str | None = None, device="cpu"):
-    """Load ``(model, forecast_config, config)`` of a forecasting run.
-
-    ``config["data"]`` holds the files, the series with their scalers and cleaning reports.
-    """
-    from textrnn.config import ForecastConfig
-    from textrnn.models import Forecaster
-
-    run_dir, weights, config = _open(checkpoint, weights, "forecast")
-    try:
-        forecast_config = from_dict(ForecastConfig, config["forecast"])
-        input_size = int(config["data"]["input_size"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise TextrnnError(f"{run_dir / 'config.json'} has no valid forecast config ({error})") from None
-    model, config["weights"] = _load_weights(run_dir, weights, Forecaster(forecast_config, input_size), device)
-    return model, forecast_config, config

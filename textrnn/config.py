@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from textrnn.errors import TextrnnError
 from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend, check_regularizers
 from textrnn.nn.regularize import check_probability
-from textrnn.tokenizer import TOKENIZERS
+from textrnn.text.tokenizer import TOKENIZERS
 
 TASKS = ("causal", "infill")
 DEFAULT_EPOCHS = 40
@@ -189,7 +189,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # bf16 / fp16: autocast for the training steps (validation stays fp32); tf32 (CUDA)
-    cuda_graphs: str = "auto"  # whole-step CUDA graphs where valid (see textrnn.step)
+    cuda_graphs: str = "auto"  # whole-step CUDA graphs where valid (see textrnn.train.step)
     average: str = "ema"  # averaged weights, evaluated beside the trained ones: ema | asgd (see trainer)
     average_decay: float = 0.998  # ema: the weight of the running average at each step
     average_after: int = 2  # asgd: validations without a gain before the averaging starts

@@ -284,7 +284,8 @@ def export_run(
     if export_format not in FORMATS:
         raise TextrnnError(f"unknown export format {export_format!r}: choose one of {', '.join(FORMATS)}")
     require_onnx()
-    from textrnn.checkpoint import load_forecast_run, load_run
+    from textrnn.forecast.model import load_forecast_run
+    from textrnn.lm.model import load_run
 
     if checkpoint is None:
         checkpoint, task = _newest_any_run()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textrnn.corpus import data_dir as default_data_dir
-from textrnn.corpus import read_text, resolve, sha1_of, split
 from textrnn.errors import TextrnnError
-from textrnn.prepare import LARGE_FILE, cache_dir, is_complete, load_prepared, prepare
-from textrnn.tokenizer import CharTokenizer, build_tokenizer, make_normalizer
+from textrnn.text.corpus import data_dir as default_data_dir
+from textrnn.text.corpus import read_text, resolve, sha1_of, split
+from textrnn.text.prepare import LARGE_FILE, cache_dir, is_complete, load_prepared, prepare
+from textrnn.text.tokenizer import CharTokenizer, build_tokenizer, make_normalizer
 
 
 def _prepared(config, path: Path, normalize: str, directory: Path | None, tokenizer, always: bool = False):

@@ -1,7 +1,7 @@
 """The one trainer: every training run, language model or forecaster, goes through ``fit``.
 
-A task (``lm_task.LanguageModelTask``, ``forecast_task.ForecastTask``; the interface is
-``Task`` below) says what is trained: the model, its batches (a pure function of the
+A task (``lm.task.LanguageModelTask``, ``forecast.task.ForecastTask``; the interface is
+``train.task.Task``) says what is trained: the model, its batches (a pure function of the
 epoch and the batch index, so a run resumes at an exact position), the loss of one batch
 (carrying recurrent state where the task has it) and a validation metric, lower is better.
 The trainer owns everything else: limits and schedule, optimizer and clipping, non-finite
@@ -19,151 +19,22 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from textrnn import checkpoint
-from textrnn.distributed import World
 from textrnn.errors import TextrnnError
 from textrnn.nn import detach_state, map_state
-from textrnn.step import Step, build_optimizer, check_precision, graph_obstacle, matmul_precision
+from textrnn.train.averaging import WeightAverage
+from textrnn.train.distributed import World
+from textrnn.train.schedule import learning_rate, progress
+from textrnn.train.state import kept_checkpoint, read_resume_state, rng_state, set_rng_state
+from textrnn.train.step import Step, build_optimizer, check_precision, graph_obstacle, matmul_precision
+from textrnn.train.task import Task
 
 LOG_EVERY = 50  # steps between reads of the running loss (one host sync each)
 AGREE_EVERY = 10  # with several processes: steps between agreements on stopping (one collective each)
-
-
-class Task:
-    """What a task gives the trainer. Batches are tuples of tensors whose first dimension is the rows of
-    the global batch; under torchrun the trainer keeps this process's rows."""
-
-    metric: str  # the validation figure that decides best weights and early stopping: val_<metric>
-    unit: str  # what a batch's first tensor counts, element by element: "tokens" | "windows"
-    per_epoch: int  # batches in one epoch
-    batch_size: int  # rows of a global batch
-    carries_state: bool  # the state left by one batch starts the next (truncated BPTT)
-    even_rows: bool  # every process must get the same number of rows (a carried state needs it)
-
-    def build_model(self) -> torch.nn.Module:
-        raise NotImplementedError
-
-    def batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The global batches of ``epoch`` from batch index ``start`` on."""
-        raise NotImplementedError
-
-    def loss(self, model, batch: tuple[torch.Tensor, ...], state):
-        """``(mean loss over the batch's rows, state to carry)`` in training mode."""
-        raise NotImplementedError
-
-    def validate(self, model) -> dict:
-        """``{"val_<metric>": ..., other "val_*" figures}`` on the validation split."""
-        raise NotImplementedError
-
-    def invalid_validation(self, step: int) -> str:
-        """Why a non-finite validation figure at ``step`` stops the run (the start of the error line)."""
-        raise NotImplementedError
-
-    def train_figures(self, mean_loss: float) -> dict:
-        """The training loss as reported, e.g. ``{"train_perplexity": ...}``."""
-        raise NotImplementedError
-
-    def start_info(self) -> dict:
-        return {}
-
-    def summary(self, result: dict, model: torch.nn.Module, main: bool) -> dict:
-        """The run's result as the task reports it, from the trainer's ``result``."""
-        return result
-
-
-class WeightAverage:
-    """Averaged weights beside the trained ones: an exponential moving average (``ema``) from the first step,
-    or the uniform average of the iterates from the point where validation stopped improving (``asgd``: the
-    non-monotonic trigger of Merity et al.'s NT-ASGD, over whatever optimizer trains). One foreach lerp per
-    step, no host sync. Evaluated at each validation; the better of the two becomes ``best.pt``."""
-
-    def __init__(self, model: torch.nn.Module, mode: str, decay: float):
-        self.mode, self.decay, self.count = mode, decay, 0
-        self.weights = [p.detach().clone() for p in model.parameters()]
-
-    def update(self, model: torch.nn.Module) -> None:
-        self.count += 1
-        weight = 1.0 / self.count if self.mode == "asgd" else 1.0 - self.decay
-        torch._foreach_lerp_(self.weights, [p.detach() for p in model.parameters()], weight)
-
-    @contextlib.contextmanager
-    def swapped_into(self, model: torch.nn.Module):
-        """``model`` holds the averaged weights inside the block, its own again after it."""
-        own = [p.detach().clone() for p in model.parameters()]
-        with torch.no_grad():
-            torch._foreach_copy_(list(model.parameters()), self.weights)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(list(model.parameters()), own)
-
-    def state_dict(self) -> dict:
-        return {"mode": self.mode, "count": self.count, "weights": [w.cpu() for w in self.weights]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.count = state["count"]
-        torch._foreach_copy_(self.weights, [w.to(self.weights[0].device) for w in state["weights"]])
-
-
-def learning_rate(config, step: int, progress: float) -> float:
-    """Linear warm-up over ``warmup_steps``, then constant or cosine decay over the run's progress."""
-    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    if config.schedule == "constant":
-        return config.lr * warmup
-    return config.lr * warmup * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def progress(config, per_epoch: int, step: int, elapsed: float) -> float:
-    """How far the run is towards whichever limit comes first (0..1)."""
-    fractions = []
-    if config.max_steps:
-        fractions.append(step / config.max_steps)
-    if config.max_seconds:
-        fractions.append(elapsed / config.max_seconds)
-    if config.epochs:
-        fractions.append(step / (config.epochs * per_epoch))
-    return max(fractions)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _kept(out_dir: Path) -> str:
-    if (out_dir / "last.pt").exists():
-        return f"the last good checkpoint in {out_dir} was kept"
-    return "no checkpoint had been written yet"
-
-
-def read_resume_state(out_dir: Path, world: World) -> dict | None:
-    """The trainer state in ``out_dir/last.pt`` (None: the run stopped before its first checkpoint)."""
-    if not (out_dir / "last.pt").exists():
-        return None
-    saved = checkpoint.read_tensors(out_dir / "last.pt")
-    if "trainer" not in saved:
-        raise TextrnnError(f"{out_dir / 'last.pt'} holds no trainer state: it cannot be resumed")
-    saved_world = saved["trainer"]["counters"].get("world_size", 1)
-    if saved_world != world.size:
-        raise TextrnnError(
-            f"{out_dir} was trained by {saved_world} process(es) and is resumed by {world.size}: the carried "
-            f"state and the data order belong to the old layout; resume with {saved_world} process(es)"
-        )
-    return saved
 
 
 def fit(
@@ -288,10 +159,10 @@ def fit(
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise TextrnnError(
                 f"training diverged at step {counters['step']} (the weights are not finite): lower --lr; "
-                f"{_kept(out_dir)}"
+                f"{kept_checkpoint(out_dir)}"
             )
         if not math.isfinite(val[metric]):
-            raise TextrnnError(f"{task.invalid_validation(counters['step'])}; {_kept(out_dir)}")
+            raise TextrnnError(f"{task.invalid_validation(counters['step'])}; {kept_checkpoint(out_dir)}")
         candidates = [(val[metric], False)]
         if average is not None and average.count:
             with average.swapped_into(model):
@@ -382,7 +253,7 @@ def fit(
                     if bad_in_a_row >= config.max_bad_steps:
                         raise TextrnnError(
                             f"training stopped: {bad_in_a_row} steps in a row had a non-finite loss or gradient "
-                            f"(at step {counters['step']}): lower --lr or check the data; {_kept(out_dir)}"
+                            f"(at step {counters['step']}): lower --lr or check the data; {kept_checkpoint(out_dir)}"
                         )
                     done = agreed_stop()
                     if done:

@@ -84,8 +84,8 @@ def perplexity(
 
 def evaluate_text(model, tokenizer, path, window: int = 256) -> dict:
     """Exact metrics on a UTF-8 text file (normalized as the model's training text was)."""
-    from textrnn.corpus import read_text
     from textrnn.errors import TextrnnError
+    from textrnn.text.corpus import read_text
 
     ids = tokenizer.encode_compact(read_text(path))
     if len(ids) < 2:
@@ -98,9 +98,9 @@ def evaluate_text(model, tokenizer, path, window: int = 256) -> dict:
 def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None) -> dict:
     """Exact metrics on one split of the corpus a run was trained on (checked by its sha1)."""
     from textrnn.checkpoint import train_config_of
-    from textrnn.corpus import BUILTIN
     from textrnn.errors import TextrnnError
-    from textrnn.text_data import load_splits
+    from textrnn.text.corpus import BUILTIN
+    from textrnn.text.splits import load_splits
 
     train_config = train_config_of(run_config)
     if train_config.corpus not in BUILTIN:  # a relative path may point elsewhere from here

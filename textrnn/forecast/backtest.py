@@ -10,7 +10,7 @@ it), next to the persistence and seasonal-naive baselines on the same windows. T
   so that the folds together score what ``forecast eval`` scores;
 - ``retrain``: before each origin a fresh model is trained, with the run's config, on the rows
   of its files that come before the origin (an expanding window; through
-  ``forecast_task.train_forecaster``, so with the same splits, limits and early stopping), then scored
+  ``forecast.task.train_forecaster``, so with the same splits, limits and early stopping), then scored
   on its block with its own scalers.
 
 Origins are times of the first series: with several series, every one is cut at the same times.
@@ -25,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from textrnn import checkpoint
 from textrnn.config import ForecastConfig
-from textrnn.distributed import resolve_device
 from textrnn.errors import TextrnnError
-from textrnn.forecast import dataset_of, load_series, score, stored_scalers
-from textrnn.timeseries import Dataset, is_parquet, read_table, split_points
+from textrnn.forecast.data import dataset_of, load_series, stored_scalers
+from textrnn.forecast.evaluate import score
+from textrnn.forecast.model import load_forecast_run
+from textrnn.timeseries.read import is_parquet, read_table
+from textrnn.timeseries.windows import Dataset, split_points
+from textrnn.train.distributed import resolve_device
 
 SCORE_KEYS = ("test", "overall", "baselines", "baselines_overall", "intervals", "intervals_overall")
 
@@ -138,7 +140,7 @@ def backtest(
     sample standard deviation over folds; None with one fold), ``fold_size``, ``retrain`` and
     ``interrupted``.
     """
-    model, config, stored = checkpoint.load_forecast_run(checkpoint_dir, weights, resolve_device(device))
+    model, config, stored = load_forecast_run(checkpoint_dir, weights, resolve_device(device))
     report = callback or (lambda event, info: None)
     series, files = load_series(config, step_seconds=stored["data"]["step_seconds"])
     for now, before in zip(files, stored["data"]["files"]):
@@ -157,7 +159,7 @@ def backtest(
             report("fold", {"fold": fold.number, "folds": len(plan), "origin": str(fold.origin)})
             results.append({**_fold_info(fold), **_fold_scores(model, dataset, fold)})
     else:
-        from textrnn.forecast_task import train_forecaster
+        from textrnn.forecast.task import train_forecaster
 
         if out_dir is None:
             raise TextrnnError("--retrain needs a directory for the fold runs (--out)")
@@ -178,9 +180,7 @@ def backtest(
             if summary["interrupted"]:
                 interrupted = True
                 break
-            fold_model, _, fold_stored = checkpoint.load_forecast_run(
-                summary["checkpoint"], "best", model_device(model)
-            )
+            fold_model, _, fold_stored = load_forecast_run(summary["checkpoint"], "best", model_device(model))
             dataset = dataset_of(config, series, season, stored_scalers(fold_stored))
             scores = _fold_scores(fold_model, dataset, fold)
             results.append({**_fold_info(fold), **scores, "checkpoint": summary["checkpoint"]})
@@ -247,7 +247,7 @@ def _sum_points(aggregated: dict, results: list[dict]) -> dict:
 def cut_file(path: Path, origin: np.datetime64, config: ForecastConfig, folder: Path) -> Path:
     """A copy of the data file ``path`` in ``folder`` holding only the rows before ``origin`` (and the header).
 
-    Times are read as training reads them (``timeseries.read_table``), so the cut matches the series.
+    Times are read as training reads them (``timeseries.read.read_table``), so the cut matches the series.
     """
     table = read_table(path, config.time_col, list(config.target), config.time_format, config.dayfirst)
     keep = ~np.isnat(table.times) & (table.times < origin)

@@ -18,12 +18,14 @@ from torch.nn import functional as F
 
 from textrnn import checkpoint
 from textrnn.config import LIMITS, RESUMABLE, ForecastConfig, from_dict
-from textrnn.distributed import join
 from textrnn.errors import TextrnnError
-from textrnn.forecast import calibrate, dataset_of, describe_data, future_features, load_series, score, season_of
-from textrnn.models import Forecaster
-from textrnn.timeseries import Dataset, window_indices
-from textrnn.trainer import Task, fit
+from textrnn.forecast.data import dataset_of, describe_data, load_series, season_of
+from textrnn.forecast.evaluate import calibrate, future_features, score
+from textrnn.forecast.model import Forecaster
+from textrnn.timeseries.windows import Dataset, window_indices
+from textrnn.train.distributed import join
+from textrnn.train.task import Task
+from textrnn.train.trainer import fit
 
 
 def pinball_loss(predicted: torch.Tensor, target: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import os
 import signal
 import sys
@@ -121,16 +120,6 @@ def given(values: dict, cls) -> dict:
     return {key: item for key, item in values.items() if key in names and item is not None}
 
 
-def columns(lines: list[tuple]) -> str:
-    """Rows of cells as left-aligned text columns."""
-    widths = [max(len(str(item)) for item in column) for column in zip(*lines)]
-    return "\n".join("  ".join(str(item).ljust(width) for item, width in zip(line, widths)).rstrip() for line in lines)
-
-
-def number(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
-
-
 def set_threads(threads: int | None) -> None:
     if threads is None:
         return
@@ -183,12 +172,12 @@ def stop_on_signals():
 
 
 def run_with_progress(train, printer, tensorboard=None, **arguments) -> dict:
-    """Run a library training function (``lm_task.train``, ``forecast_task.train_forecaster``) with ``printer``
+    """Run a library training function (``lm.task.train``, ``forecast.task.train_forecaster``) with ``printer``
     (and TensorBoard logs in the directory ``tensorboard``, if given) on its events. Ctrl-C / SIGTERM stop it
     after the current step with a checkpoint."""
     callback = printer
     if tensorboard is not None and os.environ.get("RANK", "0") == "0":  # under torchrun the first process logs
-        from textrnn.tensorboard import TensorBoardLogger, tee
+        from textrnn.train.tensorboard import TensorBoardLogger, tee
 
         callback = tee(printer, TensorBoardLogger(tensorboard))
     try:

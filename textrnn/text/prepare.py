@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from textrnn.atomic import atomic_write
-from textrnn.corpus import split
 from textrnn.errors import TextrnnError
-from textrnn.tokenizer import build_tokenizer, cut_point, is_letter, load_tokenizer, make_normalizer
+from textrnn.text.corpus import split
+from textrnn.text.tokenizer import build_tokenizer, cut_point, is_letter, load_tokenizer, make_normalizer
 
 STREAM_BYTES = 16 << 20  # read at a time
 LARGE_FILE = 64 << 20  # `train` prepares files at least this large on first use

@@ -18,15 +18,13 @@ from pathlib import Path
 import click
 
 from textrnn.checkpoint import json_safe
-from textrnn.cli_common import (
+from textrnn.cli.common import (
     ProgressPrinter,
-    columns,
     command,
     dataclass_defaults,
     defaulted_option,
     given,
     load_config,
-    number,
     parse_cells,
     resumed_config,
     run_with_progress,
@@ -49,16 +47,8 @@ from textrnn.config import (
     ModelConfig,
     TrainConfig,
 )
-from textrnn.errors import TextrnnError
-from textrnn.forecast_cli import forecast
-from textrnn.tokenizer import TOKENIZERS
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="textrnn")
-def cli() -> None:
-    """Recurrent sequence models: character language models (train, sample, eval, fill, compare) and forecasting."""
-
+from textrnn.tables import columns, number
+from textrnn.text.tokenizer import TOKENIZERS
 
 _option = functools.partial(defaulted_option, dataclass_defaults(ModelConfig, TrainConfig))
 
@@ -214,13 +204,13 @@ def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]
 
 
 def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, tensorboard=None):
-    from textrnn.lm_task import train
+    from textrnn.lm.task import train
 
     arguments = {"model_config": model_config, "train_config": train_config, "out_dir": out, "data_dir": data_dir}
     return run_with_progress(train, _TrainPrinter(), tensorboard, resume=resume, **arguments)
 
 
-@cli.command()
+@click.command()
 @training_options
 @_option("--cell", type=click.Choice(CELLS), help="Recurrent cell.")
 @click.option(
@@ -250,7 +240,7 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **opti
     if out is None:
         out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
     if tensorboard is not None:
-        from textrnn.tensorboard import require_tensorboard
+        from textrnn.train.tensorboard import require_tensorboard
 
         require_tensorboard()  # before training, not after
     summary = _train_with_progress(
@@ -285,7 +275,7 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **opti
             click.echo('next: textrnn sample --prefix "time traveller"   or   textrnn eval')
 
 
-@cli.command()
+@click.command()
 @training_options
 @click.option(
     "--cells",
@@ -388,7 +378,7 @@ class _TrainPrinter(ProgressPrinter):
         )
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest run in checkpoints/]"
 )
@@ -420,10 +410,10 @@ class _TrainPrinter(ProgressPrinter):
 @command
 def sample(checkpoint, weights, prefix, device, json_output, **options):
     """Generate text that continues --prefix (one sample streams to stdout as it is written)."""
-    from textrnn.checkpoint import load_run
     from textrnn.config import SampleConfig
-    from textrnn.distributed import resolve_device
-    from textrnn.sample import generate, prompt_ids
+    from textrnn.lm.model import load_run
+    from textrnn.lm.sample import generate, prompt_ids
+    from textrnn.train.distributed import resolve_device
 
     config = SampleConfig(**options)
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
@@ -448,7 +438,7 @@ def sample(checkpoint, weights, prefix, device, json_output, **options):
 def _stream_sample(model, tokenizer, prefix, config) -> None:
     """Write one sample to stdout as it is generated, flushed every 50 ms: whole characters only, so a
     UTF-8 sequence is never cut. Ctrl-C stops it with what was written kept (exit status 130)."""
-    from textrnn.sample import iter_generate
+    from textrnn.lm.sample import iter_generate
 
     out = sys.stdout
     pending = [prefix]
@@ -472,64 +462,7 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
         sys.exit(0)
 
 
-@cli.command()
-@click.option(
-    "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest run in checkpoints/]"
-)
-@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on (0: a free one).")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-@click.option(
-    "--threads",
-    type=int,
-    help="CPU threads for torch.  [default: 1 with several engines, else torch's choice]",
-)
-@click.option(
-    "--engines",
-    type=int,
-    help="Batching engines over the one model, each in its own thread.  [default: one per core (at most 4) on a "
-    "CPU, 1 on a GPU]",
-)
-@click.option("--model-name", help="The model's id in the API.  [default: the run directory's name]")
-@click.option("--max-tokens", type=int, default=4096, show_default=True, help="Most tokens one choice may ask for.")
-@click.option("--max-prompt-chars", type=int, default=4096, show_default=True, help="Longest prompt.")
-@click.option("--max-n", type=int, default=16, show_default=True, help="Most choices in one request (prompts x n).")
-@click.option("--max-batch", type=int, default=256, show_default=True, help="Most streams stepping together.")
-@click.option("--max-queue", type=int, default=256, show_default=True, help="Choices that may wait; beyond: 503.")
-@click.option(
-    "--drain-seconds", type=float, default=30.0, show_default=True, help="On SIGTERM, time open requests get to finish."
-)
-@command
-def serve(checkpoint, weights, host, port, device, threads, engines, model_name, drain_seconds, **limits):
-    """Serve a model over the completions API (POST /v1/completions, as vLLM and llama.cpp), with a playground
-    page at /. Concurrent requests are batched: one model step advances every open stream."""
-    from textrnn.distributed import resolve_device
-    from textrnn.serve import Limits, bind, load_server, run_server
-
-    if not 0 <= port <= 65535:
-        raise TextrnnError(f"--port must be in [0, 65535], got {port}")
-    if drain_seconds < 0:
-        raise TextrnnError(f"--drain-seconds must be non-negative, got {drain_seconds}")
-    limits = Limits(**limits)
-    set_threads(threads)
-    if engines is not None and not 1 <= engines <= 64:
-        raise TextrnnError(f"--engines must be in [1, 64], got {engines}")
-    app, _, info = load_server(checkpoint, weights, resolve_device(device), limits, model_name, threads, engines)
-    sock = bind(host, port)
-    shown_host = f"[{host}]" if ":" in host else host
-    address = f"http://{shown_host}:{sock.getsockname()[1]}"
-    validation = info["textrnn"]["validation"] or {}
-    figures = f", val ppl {number(validation['val_perplexity'])}" if validation.get("val_perplexity") else ""
-    click.echo(
-        f"serving {info['id']} ({info['textrnn']['weights']} weights{figures}) at {address}/  "
-        f"(playground at /, API at /v1/completions; Ctrl-C or SIGTERM stops after open requests finish)",
-        err=True,
-    )
-    run_server(app, drain_seconds=drain_seconds, sock=sock)
-
-
-@cli.command("eval")
+@click.command("eval")
 @click.option(
     "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest run in checkpoints/]"
 )
@@ -550,9 +483,9 @@ def serve(checkpoint, weights, host, port, device, threads, engines, model_name,
 @command
 def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_output):
     """Cross-entropy, perplexity and bits per character, with the state carried through the whole text."""
-    from textrnn.checkpoint import load_run
-    from textrnn.distributed import resolve_device
-    from textrnn.evaluate import evaluate_split, evaluate_text
+    from textrnn.lm.evaluate import evaluate_split, evaluate_text
+    from textrnn.lm.model import load_run
+    from textrnn.train.distributed import resolve_device
 
     model, tokenizer, config = load_run(checkpoint, weights, resolve_device(device))
     if text_file is not None:
@@ -572,7 +505,7 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_outpu
         )
 
 
-@cli.command()
+@click.command()
 @click.argument("text")
 @click.option(
     "--checkpoint", type=click.Path(path_type=Path), help="Run directory.  [default: the newest run in checkpoints/]"
@@ -587,10 +520,10 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_outpu
 @command
 def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json_output):
     """Fill each _ in TEXT with a character predicted from both sides (a model trained with --task infill)."""
-    from textrnn.checkpoint import load_run
     from textrnn.config import SampleConfig
-    from textrnn.distributed import resolve_device
-    from textrnn.sample import fill as fill_blanks
+    from textrnn.lm.model import load_run
+    from textrnn.lm.sample import fill as fill_blanks
+    from textrnn.train.distributed import resolve_device
 
     config = SampleConfig(greedy=not draw, temperature=temperature, top_k=top_k, seed=seed)
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
@@ -598,7 +531,7 @@ def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json
     click.echo(json.dumps({"text": filled}, ensure_ascii=False) if json_output else filled)
 
 
-@cli.command()
+@click.command()
 @click.option("--corpus", required=True, help="A UTF-8 text file (or a built-in corpus) to tokenize.")
 @_option(
     "--normalize",
@@ -622,7 +555,7 @@ def prepare(corpus, data_dir, json_output, **options):
     use, for files of 64 MB or more). Memory stays bounded by 16 MB pieces, not the corpus."""
     import resource
 
-    from textrnn.text_data import load_splits
+    from textrnn.text.splits import load_splits
 
     config = TrainConfig(corpus=corpus, max_steps=1, **given(options, TrainConfig))
     started = time.perf_counter()
@@ -643,103 +576,3 @@ def prepare(corpus, data_dir, json_output, **options):
             f"({result['vocab_size']:,} in the vocabulary) in {result['cache']}; "
             f"{result['seconds']:.1f} s, peak memory {result['peak_memory_mb']:,.0f} MB"
         )
-
-
-@cli.command()
-@click.option("--quick", is_flag=True, help="The d2l size and a few configurations only: under a minute.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=int, help="torch threads in every measurement.  [default: torch's choice]")
-@click.option(
-    "--corpus",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Text to train on.  [default: 1 MB of synthetic text]",
-)
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results as JSON here."
-)
-@command
-def bench(quick, device, threads, corpus, json_path):
-    """Training, evaluation and sampling speed and peak memory per cell, backend and size, each next to a
-    d2l-style loop measured in the same run; corpus loading at 1, 10 and 100 MB (also scripts/bench.py)."""
-    from textrnn.bench import run_suite
-
-    if device == "cuda":
-        from textrnn.distributed import resolve_device
-
-        resolve_device("cuda")  # a clear error without a GPU
-    if threads is not None and not 1 <= threads <= 1024:
-        raise TextrnnError(f"--threads must be in [1, 1024], got {threads}")
-
-    def report(job, result):
-        from textrnn.bench import describe
-
-        click.echo(describe(job, result), err=True)
-
-    record = run_suite(quick, device, threads, str(corpus) if corpus else None, report=report)
-    click.echo(record["table"])
-    if json_path is not None:
-        from textrnn.atomic import atomic_write
-
-        atomic_write(json_path, (json.dumps(record, indent=2) + "\n").encode())
-
-
-@cli.command()
-@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="curves.png",
-    show_default=True,
-    help="PNG to write.",
-)
-@click.option("--title", help="Figure title.  [default: what is drawn and the run names]")
-@command
-def plot(runs, out, title):
-    """Draw training curves from the metrics.jsonl of RUNS (run directories, overlaid; default: the newest run):
-    perplexity and bits/char against tokens and wall time, or validation sMAPE for forecasting runs."""
-    from textrnn.checkpoint import newest_run
-    from textrnn.plots import plot_runs
-
-    plot_runs(list(runs) or [newest_run()], out, title)
-    click.echo(f"wrote {out}", err=True)
-
-
-@cli.command()
-@click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path),
-    help="Run directory (language model or forecaster).  [default: the newest run in checkpoints/]",
-)
-@click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default="model.onnx",
-    show_default=True,
-    help="File to write.",
-)
-@click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
-@command
-def export(export_format, checkpoint, weights, out, json_output):
-    """Export a run to ONNX, checked against PyTorch with onnxruntime first: a language model as its one step
-    (tokens, state) -> (logits, state), with tokenizer.json beside it; a forecaster as window -> forecast."""
-    from textrnn.export import export_run
-
-    result = export_run(checkpoint, out, weights, export_format)
-    if json_output:
-        click.echo(json.dumps(result))
-    else:
-        beside = f" and {result['tokenizer']}" if result["tokenizer"] else ""
-        click.echo(
-            f"wrote {result['out']}{beside} ({result['bytes']:,} bytes, opset {result['opset']}) from "
-            f"{result['checkpoint']}: inputs {', '.join(result['inputs'])} -> {', '.join(result['outputs'])}; "
-            f"onnxruntime agrees with PyTorch within {result['max_abs_difference']:.1e}"
-        )
-
-
-cli.add_command(forecast)
-
-
-def main() -> None:
-    cli(prog_name="textrnn")

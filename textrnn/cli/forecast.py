@@ -15,15 +15,13 @@ import click
 import numpy as np
 
 from textrnn.checkpoint import json_safe
-from textrnn.cli_common import (
+from textrnn.cli.common import (
     ProgressPrinter,
-    columns,
     command,
     dataclass_defaults,
     defaulted_option,
     given,
     load_config,
-    number,
     parse_cells,
     resumed_config,
     run_with_progress,
@@ -44,7 +42,10 @@ from textrnn.config import (
     ForecastConfig,
 )
 from textrnn.errors import TextrnnError
-from textrnn.timeseries import CALENDARS, describe, format_times
+from textrnn.tables import columns, number
+from textrnn.timeseries.clean import describe
+from textrnn.timeseries.features import CALENDARS
+from textrnn.timeseries.read import format_times
 
 _JSON_KEYS = (
     "test",
@@ -213,7 +214,7 @@ def _config(options: dict, cell: str | None = None) -> ForecastConfig:
 
 
 def _run_with_progress(config: ForecastConfig, out: Path, resume: bool = False, tensorboard: Path | None = None):
-    from textrnn.forecast_task import train_forecaster
+    from textrnn.forecast.task import train_forecaster
 
     return run_with_progress(train_forecaster, _Printer(), tensorboard, config=config, out_dir=out, resume=resume)
 
@@ -343,7 +344,7 @@ def train_command(out, resume, plot, tensorboard, threads, json_output, **option
         config = _config(options)
     out = out or Path("checkpoints") / f"forecast-{config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
     if tensorboard is not None:
-        from textrnn.tensorboard import require_tensorboard
+        from textrnn.train.tensorboard import require_tensorboard
 
         require_tensorboard()  # before training, not after
     summary = _run_with_progress(config, out, resume=resume, tensorboard=tensorboard)
@@ -354,7 +355,7 @@ def train_command(out, resume, plot, tensorboard, threads, json_output, **option
             f"warning: {summary['skipped_steps']} steps were skipped for a non-finite loss or gradient", err=True
         )
     if plot is not None:
-        from textrnn.forecast import test_panels
+        from textrnn.forecast.panels import test_panels
         from textrnn.plots import plot_panels
 
         plot_panels(plot, test_panels(summary["dataset"], summary["arrays"]), f"test forecasts, {out}")
@@ -410,7 +411,8 @@ def _run_options(function):
 @command
 def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
     """Score a trained forecaster next to the persistence and seasonal-naive baselines."""
-    from textrnn.forecast import evaluate_run, test_panels
+    from textrnn.forecast.evaluate import evaluate_run
+    from textrnn.forecast.panels import test_panels
     from textrnn.plots import plot_panels, require_matplotlib
 
     if plot is not None:
@@ -458,7 +460,8 @@ def eval_command(checkpoint, weights, csv_files, plot, device, json_output):
 @command
 def predict_command(checkpoint, weights, csv_files, future_files, steps, out, plot, device):
     """Forecast --steps past the end of each series, written as CSV: the time column, then one column per series."""
-    from textrnn.forecast import forecast_panels, predict_run
+    from textrnn.forecast.panels import forecast_panels
+    from textrnn.forecast.predict import predict_run
     from textrnn.plots import plot_panels, require_matplotlib
 
     if plot is not None:
@@ -614,9 +617,9 @@ def backtest_command(
     checkpoint, weights, device, folds, fold_size, retrain, out, epochs, max_steps, max_seconds, threads, json_output
 ):
     """Score a forecasting run at --folds rolling origins at the end of its series, next to the baselines."""
-    from textrnn.backtest import backtest
-    from textrnn.cli_common import stop_on_signals
+    from textrnn.cli.common import stop_on_signals
     from textrnn.config import LIMITS
+    from textrnn.forecast.backtest import backtest
 
     limits = dict(zip(LIMITS, (epochs, max_steps, max_seconds)))
     if any(value is not None for value in limits.values()) and not retrain:

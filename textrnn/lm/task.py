@@ -14,17 +14,18 @@ import torch
 from torch.nn import functional as F
 
 from textrnn import checkpoint
-from textrnn.batching import Batches
 from textrnn.config import LIMITS, RESUMABLE, ModelConfig, TrainConfig, from_dict
-from textrnn.corpus import BUILTIN
-from textrnn.distributed import join
 from textrnn.errors import TextrnnError
-from textrnn.evaluate import cross_entropy_sum, metrics_from_sum
-from textrnn.models import CharLM
+from textrnn.lm.evaluate import cross_entropy_sum, metrics_from_sum
+from textrnn.lm.model import CharLM
 from textrnn.nn import activation_regularization, temporal_activation_regularization
-from textrnn.text_data import load_splits
-from textrnn.tokenizer import load_tokenizer
-from textrnn.trainer import Task, fit
+from textrnn.text.batching import Batches
+from textrnn.text.corpus import BUILTIN
+from textrnn.text.splits import load_splits
+from textrnn.text.tokenizer import load_tokenizer
+from textrnn.train.distributed import join
+from textrnn.train.task import Task
+from textrnn.train.trainer import fit
 
 
 class LanguageModelTask(Task):

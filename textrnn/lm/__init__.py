@@ -1,0 +1,1 @@
+"""Character language models: the model, its training task, exact evaluation, and sampling."""

@@ -1,0 +1,3 @@
+"""The text stage: corpora (built-in or files) -> tokenizers -> train / validation / test splits -> batches for
+truncated backpropagation through time.
+"""
