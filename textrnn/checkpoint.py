@@ -29,6 +29,7 @@ import torch
 from textrnn.atomic import atomic_write
 from textrnn.config import TrainConfig, from_dict
 from textrnn.errors import TextrnnError
+from textrnn.text.corpus import BUILTIN
 from textrnn.text.tokenizer import CharTokenizer
 
 FORMAT = "textrnn-run"
@@ -252,4 +253,9 @@ def load_weights(run_dir: Path, weights: str | None, model: torch.nn.Module, dev
 
 
 def train_config_of(config: dict) -> TrainConfig:
-    return from_dict(TrainConfig, config["train"])
+    """The ``TrainConfig`` of a stored run; a corpus file is named by the absolute path stored with it, so the run
+    finds its text from any working directory."""
+    train = from_dict(TrainConfig, config["train"])
+    if train.corpus not in BUILTIN:
+        train = dataclasses.replace(train, corpus=config["data"]["path"])
+    return train

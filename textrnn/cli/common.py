@@ -1,4 +1,4 @@
-"""What every textrnn command shares: one-line errors, --config files, number formatting, threads."""
+"""What every textrnn command shares: one-line errors, --config files, threads, stop signals, the progress runner."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from textrnn.cli.progress import ProgressPrinter
+from textrnn.config import LIMITS, RESUMABLE
 from textrnn.errors import TextrnnError
 
 
@@ -88,19 +90,14 @@ def load_config(context: click.Context, parameter: click.Parameter, value: str |
     return str(path)
 
 
-def resumed_config(stored, options: dict):
-    """The config of a resumed run: the stored one, with the limits given now (any limit replaces all three)
-    and the ``RESUMABLE`` settings given now; other options are ignored, with a warning."""
-    from textrnn.config import LIMITS, RESUMABLE, with_limits
-
+def warn_ignored_on_resume(options: dict) -> None:
+    """A resumed run continues as stored: say which of the options given it will not use."""
     ignored = sorted(
         name for name, value in options.items() if value not in (None, ()) and name not in (*LIMITS, *RESUMABLE)
     )
     if ignored:
         names = ", ".join("--" + name.replace("_", "-") for name in ignored)
         click.echo(f"warning: --resume continues the stored run; ignoring {names}", err=True)
-    config = dataclasses.replace(stored, **given({name: options.get(name) for name in RESUMABLE}, type(stored)))
-    return with_limits(config, **{name: options.get(name) for name in LIMITS})
 
 
 def parse_cells(cells: str) -> list[str]:
@@ -130,27 +127,6 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def defaulted_option(defaults: dict, *names, default_text: str | None = None, **kwargs):
-    """A click option whose value stays None unless given, so the config dataclass's default (from
-    ``defaults``) decides; the help shows that default."""
-    name = names[0].split("/")[0].lstrip("-").replace("-", "_")
-    if default_text is None:
-        value = defaults.get(name)
-        default_text = None if value in (None, ()) else str(value).lower() if isinstance(value, bool) else str(value)
-    help_text = kwargs.pop("help", "")
-    if default_text is not None:
-        help_text = f"{help_text}  [default: {default_text}]".strip()
-    return click.option(*names, help=help_text, **kwargs)
-
-
-def dataclass_defaults(*classes) -> dict:
-    """Field name -> default, the first class winning where names repeat."""
-    defaults = {}
-    for cls in reversed(classes):
-        defaults.update({field.name: field.default for field in dataclasses.fields(cls)})
-    return defaults
-
-
 @contextlib.contextmanager
 def stop_on_signals():
     """While training: Ctrl-C / SIGTERM ask the trainer to stop after the current step (it then saves a
@@ -171,64 +147,17 @@ def stop_on_signals():
             signal.signal(sig, handler)
 
 
-def run_with_progress(train, printer, tensorboard=None, **arguments) -> dict:
-    """Run a library training function (``lm.task.train``, ``forecast.task.train_forecaster``) with ``printer``
-    (and TensorBoard logs in the directory ``tensorboard``, if given) on its events. Ctrl-C / SIGTERM stop it
-    after the current step with a checkpoint."""
-    callback = printer
+def run_with_progress(train, tensorboard=None, **arguments) -> dict:
+    """Run a library training function (``lm.task.train``, ``forecast.task.train_forecaster``) with the progress
+    printer (and TensorBoard logs in the directory ``tensorboard``, if given) on its events. Ctrl-C / SIGTERM stop
+    it after the current step with a checkpoint."""
+    callback = ProgressPrinter()
     if tensorboard is not None and os.environ.get("RANK", "0") == "0":  # under torchrun the first process logs
         from textrnn.train.tensorboard import TensorBoardLogger, tee
 
-        callback = tee(printer, TensorBoardLogger(tensorboard))
+        callback = tee(callback, TensorBoardLogger(tensorboard))
     try:
         with stop_on_signals() as should_stop:
             return train(**arguments, callback=callback, should_stop=should_stop)
     finally:
         callback.close()
-
-
-class ProgressPrinter:
-    """Trainer events -> some lines at the start, a tqdm bar over the run's budget and one line per
-    validation, all on stderr. Subclasses say what the lines hold (``start_lines``, ``log_text``, ``eval_line``)."""
-
-    def __init__(self):
-        self.bar = None
-
-    def start_lines(self, info: dict) -> list[str]:
-        raise NotImplementedError
-
-    def log_text(self, info: dict) -> str:
-        raise NotImplementedError
-
-    def eval_line(self, info: dict) -> str:
-        raise NotImplementedError
-
-    def __call__(self, event: str, info: dict) -> None:
-        from tqdm import tqdm
-
-        if event == "start":
-            for line in self.start_lines(info):
-                tqdm.write(line, file=sys.stderr)
-            self.bar = tqdm(
-                total=1000,
-                unit="",
-                file=sys.stderr,
-                dynamic_ncols=True,
-                leave=False,
-                disable=None,  # no bar when stderr is not a terminal (logs, CI): the validation lines remain
-                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
-            )
-        elif event == "step" and self.bar is not None:
-            target = min(1000, int(info["progress"] * 1000))
-            if target > self.bar.n:
-                self.bar.update(target - self.bar.n)
-        elif event == "log" and self.bar is not None:
-            self.bar.set_postfix_str(self.log_text(info), refresh=False)
-        elif event == "eval":
-            tqdm.write(self.eval_line(info), file=sys.stderr)
-        elif event == "note":
-            tqdm.write(info["message"], file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

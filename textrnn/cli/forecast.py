@@ -15,36 +15,22 @@ import click
 import numpy as np
 
 from textrnn.checkpoint import json_safe
+from textrnn.cli import options
 from textrnn.cli.common import (
-    ProgressPrinter,
     command,
-    dataclass_defaults,
-    defaulted_option,
     given,
-    load_config,
     parse_cells,
-    resumed_config,
     run_with_progress,
     set_threads,
+    warn_ignored_on_resume,
 )
+from textrnn.cli.progress import ProgressPrinter
 from textrnn.config import (
-    AVERAGES,
-    BACKENDS,
-    CELLS,
-    CUDA_GRAPHS,
     DEVICES,
-    FORECAST_DEFAULT_EPOCHS,
-    FORECAST_DEFAULT_SECONDS,
-    FORECAST_LOSSES,
-    OPTIMIZERS,
-    PRECISIONS,
-    SCHEDULES,
     ForecastConfig,
 )
 from textrnn.errors import TextrnnError
 from textrnn.tables import columns, number
-from textrnn.timeseries.clean import describe
-from textrnn.timeseries.features import CALENDARS
 from textrnn.timeseries.read import format_times
 
 _JSON_KEYS = (
@@ -57,133 +43,7 @@ _JSON_KEYS = (
     "elapsed_sec",
     "checkpoint",
 )
-_option = functools.partial(defaulted_option, dataclass_defaults(ForecastConfig))
-
-
-_DATA_OPTIONS = [
-    click.option(
-        "--config",
-        callback=load_config,
-        is_eager=True,
-        expose_value=False,
-        help="TOML file whose keys set any option (csv and target as lists); flags override it.",
-    ),
-    _option(
-        "--csv",
-        multiple=True,
-        help="CSV file with a header row, or Parquet file; repeat for several files (trained jointly).",
-    ),
-    _option("--time-col", help="Column holding the timestamps."),
-    _option("--target", multiple=True, help="Column to forecast; repeat (or comma-separate) for several series."),
-    _option(
-        "--time-format",
-        help="strptime format of the timestamps, e.g. '%d/%m/%Y %H:%M'.",
-        default_text="detected: ISO 8601, 10/1/2004 1:00, ...",
-    ),
-    _option(
-        "--dayfirst/--monthfirst",
-        default=None,
-        help="Read ambiguous dates such as 01/02/2020 day-first (1 February) or month-first.",
-        default_text="decided by the data: a day above 12, else month-first with '/', day-first with '.' or '-'",
-    ),
-    _option("--max-gap", type=int, help="Missing steps filled by time interpolation; longer gaps split the series."),
-    _option(
-        "--covariates",
-        multiple=True,
-        help="Observed columns (known up to the forecast time) the model reads; repeat or comma-separate.",
-    ),
-    _option(
-        "--future-covariates",
-        multiple=True,
-        help="Known-ahead columns (a temperature forecast, a price plan): read for the steps forecast too; "
-        "predict needs them in --future-csv.",
-    ),
-    _option("--country", help="Public holidays of this ISO 3166 code (US, DE, US-OH) as a known-ahead feature."),
-]
-
-_TRAINING_OPTIONS = [
-    *_DATA_OPTIONS,
-    _option(
-        "--calendar",
-        type=click.Choice(CALENDARS),
-        help="Calendar features (hour, weekday, month, day of year): scaled to [0, 1], sine/cosine pairs, or none.",
-    ),
-    _option("--lookback", type=int, help="Observed steps the model reads."),
-    _option("--horizon", type=int, help="Steps forecast at once."),
-    _option(
-        "--season", type=int, help="Seasonal-naive period in steps.", default_text="a day (hourly), a week (daily)"
-    ),
-    _option("--val-fraction", type=float, help="Fraction before the test part, for validation and early stopping."),
-    _option("--test-fraction", type=float, help="Fraction at the end of each series, for the test scores."),
-    _option("--hidden-size", type=int, help="Hidden units per layer and direction."),
-    _option("--num-layers", type=int, help="Stacked recurrent layers."),
-    _option("--dropout", type=float, help="Dropout between layers and before the head."),
-    _option(
-        "--backend",
-        type=click.Choice(BACKENDS),
-        help="fused: torch.nn; scratch: textrnn's cells.",
-        default_text="fused",
-    ),
-    _option("--bidirectional/--unidirectional", default=None, help="Read the observed window in both directions."),
-    _option("--transition-depth", type=int, help="Layers inside the recurrent transition (scratch backend)."),
-    _option(
-        "--residual/--direct",
-        default=None,
-        help="The head predicts the change from the last observed value, or the value itself.",
-    ),
-    _option(
-        "--decoder/--no-decoder",
-        default=None,
-        help="A recurrent decoder over the horizon (reading the calendar of each target time and the values whole "
-        "seasons before it) instead of the direct head (last state -> horizon values).",
-    ),
-    _option(
-        "--forking/--no-forking",
-        default=None,
-        help="Train the direct head from every position of the window's second half, not only the last "
-        "(forking sequences, MQ-RNN): many more forecasts learned per pass of the encoder.",
-        default_text="on, unless --decoder or --bidirectional",
-    ),
-    _option(
-        "--quantiles",
-        help="Quantile levels for prediction intervals, e.g. 0.1,0.5,0.9 (each in (0, 1), increasing, with 0.5: "
-        "the median is the point forecast); trained with the pinball loss instead of --loss.",
-        default_text="none: point forecasts",
-    ),
-    _option("--batch-size", type=int, help="Windows per batch."),
-    _option("--optimizer", type=click.Choice(OPTIMIZERS)),
-    _option("--lr", type=float, help="Peak learning rate."),
-    _option("--weight-decay", type=float, help="Weight decay on weight matrices."),
-    _option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warm-up."),
-    _option("--warmup-steps", type=int, help="Linear warm-up steps."),
-    _option("--clip", type=float, help="Gradient-norm clipping threshold; 0 turns it off."),
-    _option("--max-bad-steps", type=int, help="Skip non-finite steps; stop after this many in a row (CPU; 0: off)."),
-    _option("--loss", type=click.Choice(FORECAST_LOSSES), help="Training loss on the scaled values."),
-    _option(
-        "--epochs",
-        type=int,
-        help="Stop after this many epochs. Any limit given replaces the default budget.",
-        default_text=f"{FORECAST_DEFAULT_EPOCHS} epochs or {FORECAST_DEFAULT_SECONDS:.0f} s, whichever comes first",
-    ),
-    _option("--max-steps", type=int, help="Stop after this many steps."),
-    _option("--max-seconds", type=float, help="Stop after this much wall time."),
-    _option("--patience", type=int, help="Stop after this many validations without a better sMAPE (0: never)."),
-    _option("--eval-every", type=int, help="Steps between validations and checkpoints."),
-    _option("--seed", type=int, help="Random seed."),
-    _option("--device", type=click.Choice(DEVICES)),
-    _option("--precision", type=click.Choice(PRECISIONS), help="As for textrnn train."),
-    _option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS), help="As for textrnn train."),
-    _option("--average", type=click.Choice(AVERAGES), help="As for textrnn train."),
-    _option("--average-decay", type=float, help="As for textrnn train."),
-    _option("--average-after", type=int, help="As for textrnn train."),
-    _option("--threads", type=int, help="CPU threads for torch.", default_text="torch's choice"),
-]
-
-
-def _training_options(function):
-    for option in reversed(_TRAINING_OPTIONS):
-        function = option(function)
-    return function
+_training_options = functools.partial(options.training_options, (ForecastConfig,), options.FORECAST_WORDS)
 
 
 def _split_list(values) -> tuple[str, ...]:
@@ -216,33 +76,7 @@ def _config(options: dict, cell: str | None = None) -> ForecastConfig:
 def _run_with_progress(config: ForecastConfig, out: Path, resume: bool = False, tensorboard: Path | None = None):
     from textrnn.forecast.task import train_forecaster
 
-    return run_with_progress(train_forecaster, _Printer(), tensorboard, config=config, out_dir=out, resume=resume)
-
-
-class _Printer(ProgressPrinter):
-    """The forecasting trainer's lines: the cleaning report and the run at the start, sMAPE at each validation."""
-
-    def start_lines(self, info: dict) -> list[str]:
-        windows = info["windows"]
-        resumed = f", resumed at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
-        return [
-            *(f"{name}: {describe(report)}" for name, report in info["series"]),
-            f"training {info['parameters']:,} parameters on {windows['train']:,} train / {windows['val']:,} val / "
-            f"{windows['test']:,} test windows on {info['device']}{resumed}",
-            f"run directory: {info['run_dir']}",
-        ]
-
-    def log_text(self, info: dict) -> str:
-        return f"step {info['step']:,} loss {info['train_loss']:.2e} {info['windows_per_sec']:,.0f} windows/s"
-
-    def eval_line(self, info: dict) -> str:
-        mark = " *" if info["improved"] else ""
-        stop = "  (no gain for --patience validations: stopping)" if info["stopped_early"] else ""
-        return (
-            f"step {info['step']:>6,}  epoch {info['epoch']:>3}  val sMAPE {number(info['val_smape'])}%  "
-            f"val MAE {number(info['val_mae'], 1)}  {info['windows_per_sec']:,.0f} windows/s  "
-            f"{info['elapsed_sec']:.0f} s{mark}{stop}"
-        )
+    return run_with_progress(train_forecaster, tensorboard, config=config, out_dir=out, resume=resume)
 
 
 def _percent(value) -> str:
@@ -308,8 +142,7 @@ def forecast() -> None:
 
 
 @forecast.command("train")
-@_training_options
-@_option("--cell", type=click.Choice(CELLS), help="Recurrent cell.")
+@_training_options(options.FORECAST, options.MODEL, options.OPTIMIZATION)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -330,6 +163,7 @@ def train_command(out, resume, plot, tensorboard, threads, json_output, **option
     """Train a forecaster on CSV series, then score it on the test part next to the baselines."""
     from textrnn.checkpoint import newest_run, read_config
     from textrnn.config import from_dict
+    from textrnn.train.state import resumed_config
 
     if plot is not None:
         from textrnn.plots import require_matplotlib
@@ -339,6 +173,7 @@ def train_command(out, resume, plot, tensorboard, threads, json_output, **option
     if resume:
         out = out or newest_run(task="forecast")
         stored = from_dict(ForecastConfig, read_config(Path(out), task="forecast")["forecast"])
+        warn_ignored_on_resume(options)
         config = resumed_config(stored, options)
     else:
         config = _config(options)
@@ -502,7 +337,7 @@ def predict_command(checkpoint, weights, csv_files, future_files, steps, out, pl
 
 
 @forecast.command("compare")
-@_training_options
+@_training_options(options.FORECAST, options.MODEL, options.OPTIMIZATION, skip=("--cell",))
 @click.option(
     "--cells", default="gru,lstm", show_default=True, help="Comma-separated cells, trained one after another."
 )
@@ -627,7 +462,7 @@ def backtest_command(
     set_threads(threads)
     if retrain and out is None:
         out = Path("checkpoints") / f"forecast-backtest-{datetime.now():%Y%m%d-%H%M%S}"
-    printer = _Printer()
+    printer = ProgressPrinter()
 
     def progress(event: str, info: dict) -> None:
         if event == "fold":

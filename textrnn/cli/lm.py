@@ -18,181 +18,23 @@ from pathlib import Path
 import click
 
 from textrnn.checkpoint import json_safe
+from textrnn.cli import options
 from textrnn.cli.common import (
-    ProgressPrinter,
     command,
-    dataclass_defaults,
-    defaulted_option,
     given,
-    load_config,
     parse_cells,
-    resumed_config,
     run_with_progress,
     set_threads,
+    warn_ignored_on_resume,
 )
 from textrnn.config import (
-    AVERAGES,
-    BACKENDS,
-    CELLS,
-    CUDA_GRAPHS,
-    DEFAULT_EPOCHS,
-    DEFAULT_SECONDS,
     DEVICES,
-    NORMALIZATIONS,
-    OPTIMIZERS,
-    PARTITIONS,
-    PRECISIONS,
-    SCHEDULES,
-    TASKS,
     ModelConfig,
     TrainConfig,
 )
 from textrnn.tables import columns, number
-from textrnn.text.tokenizer import TOKENIZERS
 
-_option = functools.partial(defaulted_option, dataclass_defaults(ModelConfig, TrainConfig))
-
-
-_TRAINING_OPTIONS = [
-    click.option(
-        "--config",
-        callback=load_config,
-        is_eager=True,
-        expose_value=False,
-        help="TOML file or recipe name (d2l-gru, quick) whose keys set any option; flags override it.",
-    ),
-    _option("--corpus", help="Built-in corpus (timemachine) or a UTF-8 text file."),
-    _option(
-        "--normalize",
-        type=click.Choice(NORMALIZATIONS),
-        help="d2l: lowercase letters and single spaces; none: every character.",
-        default_text="d2l for timemachine, none for files",
-    ),
-    _option(
-        "--tokenizer",
-        type=click.Choice(TOKENIZERS),
-        help="char: one token per character of the training text; byte: one per UTF-8 byte (any text, no "
-        "unknowns); bpe: byte-level BPE learned on the training split.",
-    ),
-    _option(
-        "--vocab-size",
-        "bpe_vocab_size",
-        type=int,
-        help="With --tokenizer bpe: the vocabulary to learn.",
-        default_text="1000",
-    ),
-    _option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Cache directory for built-in corpora.",
-        default_text="$TEXTRNN_DATA_DIR, else corpora/, else ~/.cache/textrnn",
-    ),
-    _option("--val-fraction", type=float, help="Fraction of the token stream for validation."),
-    _option("--test-fraction", type=float, help="Fraction of the token stream for test (the end)."),
-    _option("--hidden-size", type=int, help="Hidden units per layer and direction."),
-    _option("--num-layers", type=int, help="Stacked recurrent layers."),
-    _option("--dropout", type=float, help="Dropout on embeddings, between layers and before the head."),
-    _option("--embedding-size", type=int, help="Embedding width."),
-    _option("--one-hot/--embedding", default=None, help="One-hot inputs as in the d2l book, or a learned embedding."),
-    _option(
-        "--backend",
-        type=click.Choice(BACKENDS),
-        help="fused: torch.nn (cuDNN/oneDNN); scratch: textrnn's cells.",
-        default_text="fused where it exists, else scratch",
-    ),
-    _option(
-        "--bidirectional/--unidirectional",
-        default=None,
-        help="A backward direction too: only for --task infill (it would read the answer in next-character modelling).",
-    ),
-    _option("--transition-depth", type=int, help="Layers inside the recurrent transition (DT-RNN, scratch backend)."),
-    _option("--output-depth", type=int, help="Layers between the recurrent state and the head (DO-RNN)."),
-    _option(
-        "--weight-drop", type=float, help="DropConnect on the recurrent matrices W_hh, one mask per batch (AWD-LSTM)."
-    ),
-    _option(
-        "--dropout-embedding", type=float, help="Locked dropout (one mask per row, shared over time) on the embeddings."
-    ),
-    _option("--dropout-layers", type=float, help="Locked dropout between recurrent layers."),
-    _option("--dropout-output", type=float, help="Locked dropout on the last layer's outputs, before the head."),
-    _option(
-        "--embedding-dropout",
-        type=float,
-        help="Drop whole rows of the embedding matrix (characters); rescale the rest.",
-    ),
-    _option(
-        "--tie-weights/--untie-weights",
-        default=None,
-        help="The head shares the embedding matrix (through a projection when the widths differ).",
-    ),
-    _option(
-        "--zoneout", type=float, help="Zoneout on h and c: each unit keeps its value with this probability (scratch)."
-    ),
-    _option("--ar-alpha", type=float, help="Activation regularization: alpha * mean(h^2) of the last layer's outputs."),
-    _option("--tar-beta", type=float, help="Temporal activation regularization: beta * mean((h_t - h_(t-1))^2)."),
-    _option(
-        "--task",
-        type=click.Choice(TASKS),
-        help="causal: predict the next character; infill: predict each character from both sides (bidirectional).",
-    ),
-    _option(
-        "--partition",
-        type=click.Choice(PARTITIONS),
-        help="sequential: state carried across batches; random: reset each batch.",
-    ),
-    _option("--batch-size", type=int, help="Rows per batch."),
-    _option("--num-steps", type=int, help="Time steps per batch (truncated BPTT length)."),
-    _option("--optimizer", type=click.Choice(OPTIMIZERS)),
-    _option("--lr", type=float, help="Peak learning rate."),
-    _option("--weight-decay", type=float, help="Weight decay on weight matrices."),
-    _option("--clip", type=float, help="Gradient-norm clipping threshold; 0 turns it off."),
-    _option(
-        "--max-bad-steps",
-        type=int,
-        help="Skip steps with a non-finite loss or gradient; stop after this many in a row (0: no check).",
-    ),
-    _option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule after warm-up."),
-    _option("--warmup-steps", type=int, help="Linear warm-up steps."),
-    _option(
-        "--epochs",
-        type=int,
-        help="Stop after this many epochs. Any limit given replaces the default budget.",
-        default_text=f"{DEFAULT_EPOCHS} epochs or {DEFAULT_SECONDS:.0f} s, whichever comes first",
-    ),
-    _option("--max-steps", type=int, help="Stop after this many steps."),
-    _option("--max-seconds", type=float, help="Stop after this much wall time."),
-    _option("--eval-every", type=int, help="Steps between validations and checkpoints."),
-    _option("--patience", type=int, help="Stop after this many validations without a better perplexity (0: never)."),
-    _option("--seed", type=int, help="Random seed."),
-    _option("--device", type=click.Choice(DEVICES)),
-    _option(
-        "--precision",
-        type=click.Choice(PRECISIONS),
-        help="bf16: autocast the training steps (CPU; GPU with --backend scratch); fp16 (CUDA): autocast with a "
-        "loss scaler on cuDNN's fp16 kernels; tf32 (CUDA): TF32 matrix products. Weights, state and validation: fp32.",
-    ),
-    _option(
-        "--average",
-        type=click.Choice(AVERAGES),
-        help="Averaged weights evaluated beside the trained ones (kept as best.pt when better): an exponential "
-        "moving average, or NT-ASGD's average of the iterates once validation stops improving.",
-    ),
-    _option("--average-decay", type=float, help="With --average ema: the running average's weight per step."),
-    _option("--average-after", type=int, help="With --average asgd: validations without a gain before it starts."),
-    _option(
-        "--cuda-graphs",
-        type=click.Choice(CUDA_GRAPHS),
-        help="Capture the whole training step in a CUDA graph and replay it (auto: on CUDA where valid).",
-    ),
-    _option("--threads", type=int, help="CPU threads for torch.", default_text="torch's choice"),
-]
-
-
-def training_options(function):
-    """Every option of ``train`` except ``--cell`` (``compare`` takes ``--cells``)."""
-    for option in reversed(_TRAINING_OPTIONS):
-        function = option(function)
-    return function
+training_options = functools.partial(options.training_options, (ModelConfig, TrainConfig), options.LANGUAGE_MODEL_WORDS)
 
 
 def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]:
@@ -207,12 +49,11 @@ def _train_with_progress(model_config, train_config, out, resume=False, data_dir
     from textrnn.lm.task import train
 
     arguments = {"model_config": model_config, "train_config": train_config, "out_dir": out, "data_dir": data_dir}
-    return run_with_progress(train, _TrainPrinter(), tensorboard, resume=resume, **arguments)
+    return run_with_progress(train, tensorboard, resume=resume, **arguments)
 
 
 @click.command()
-@training_options
-@_option("--cell", type=click.Choice(CELLS), help="Recurrent cell.")
+@training_options(options.MODEL, options.LANGUAGE_MODEL, options.OPTIMIZATION)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -231,12 +72,14 @@ def _train_with_progress(model_config, train_config, out, resume=False, data_dir
 def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **options):
     """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
     from textrnn.checkpoint import newest_run, read_config, train_config_of
+    from textrnn.train.state import resumed_config
 
     model_config, train_config = _configs(options, cell)
     set_threads(threads)
     if resume:
         out = out or newest_run()
-        train_config = resumed_config(train_config_of(read_config(Path(out))), {**options, "cell": cell})
+        warn_ignored_on_resume({**options, "cell": cell})
+        train_config = resumed_config(train_config_of(read_config(Path(out))), options)
     if out is None:
         out = Path("checkpoints") / f"{model_config.cell}-{datetime.now():%Y%m%d-%H%M%S}"
     if tensorboard is not None:
@@ -276,7 +119,7 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **opti
 
 
 @click.command()
-@training_options
+@training_options(options.MODEL, options.LANGUAGE_MODEL, options.OPTIMIZATION, skip=("--cell",))
 @click.option(
     "--cells",
     default="gru,lstm,rnn_tanh",
@@ -351,31 +194,6 @@ def _table(rows: list[dict]) -> str:
         for row in rows
     ]
     return columns([header, *lines])
-
-
-class _TrainPrinter(ProgressPrinter):
-    """The language-model trainer's lines: corpus and run at the start, perplexities at each validation."""
-
-    def start_lines(self, info: dict) -> list[str]:
-        data = info["data"]
-        tokens = data["tokens"]
-        resumed = f", resumed at step {info['resumed_at']:,}" if info["resumed_at"] is not None else ""
-        return [
-            f"training {info['parameters']:,} parameters on {data['corpus']} ({data['normalize']} normalization; "
-            f"{tokens['train']:,} train / {tokens['val']:,} val / {tokens['test']:,} test tokens) on {info['device']}{resumed}",
-            f"run directory: {info['run_dir']}",
-        ]
-
-    def log_text(self, info: dict) -> str:
-        return f"step {info['step']:,} train ppl {info['train_perplexity']:.3f} {info['tokens_per_sec']:,.0f} tok/s"
-
-    def eval_line(self, info: dict) -> str:
-        mark = " *" if info["improved"] else ""
-        mark += "  (no gain for --patience validations: stopping)" if info["stopped_early"] else ""
-        return (
-            f"step {info['step']:>6,}  train ppl {number(info['train_perplexity'])}  val ppl {number(info['val_perplexity'])}"
-            f"  val bpc {number(info['val_bits_per_char'])}  {info['tokens_per_sec']:,.0f} tok/s  {info['elapsed_sec']:.0f} s{mark}"
-        )
 
 
 @click.command()
@@ -533,16 +351,12 @@ def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json
 
 @click.command()
 @click.option("--corpus", required=True, help="A UTF-8 text file (or a built-in corpus) to tokenize.")
-@_option(
-    "--normalize",
-    type=click.Choice(NORMALIZATIONS),
-    help="As for train.",
-    default_text="d2l for timemachine, none for files",
+@options.some_options(
+    (TrainConfig,),
+    options.LANGUAGE_MODEL_WORDS,
+    options.LANGUAGE_MODEL,
+    ("--normalize", "--tokenizer", "--vocab-size", "--val-fraction", "--test-fraction"),
 )
-@_option("--tokenizer", type=click.Choice(TOKENIZERS), help="As for train.")
-@_option("--vocab-size", "bpe_vocab_size", type=int, help="With --tokenizer bpe.", default_text="1000")
-@_option("--val-fraction", type=float, help="As for train.")
-@_option("--test-fraction", type=float, help="As for train.")
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -17,13 +17,15 @@ import torch
 from torch.nn import functional as F
 
 from textrnn import checkpoint
-from textrnn.config import LIMITS, RESUMABLE, ForecastConfig, from_dict
+from textrnn.config import ForecastConfig, from_dict
 from textrnn.errors import TextrnnError
 from textrnn.forecast.data import dataset_of, describe_data, load_series, season_of
 from textrnn.forecast.evaluate import calibrate, future_features, score
 from textrnn.forecast.model import Forecaster
+from textrnn.timeseries.clean import describe
 from textrnn.timeseries.windows import Dataset, window_indices
 from textrnn.train.distributed import join
+from textrnn.train.state import given_now, resumed_config
 from textrnn.train.task import Task
 from textrnn.train.trainer import fit
 
@@ -69,10 +71,14 @@ class ForecastTask(Task):
         return Forecaster(self.config, self.dataset.features.shape[1])
 
     def start_info(self) -> dict:
+        """The series and windows; ``notes``: each series' cleaning report, and ``source``, as progress lines say."""
+        windows = self.data["windows"]
         return {
             "series": [(item.name, item.report) for item in self.series],
-            "windows": self.data["windows"],
+            "windows": windows,
             "season": self.dataset.season,
+            "notes": [f"{item.name}: {describe(item.report)}" for item in self.series],
+            "source": f"{windows['train']:,} train / {windows['val']:,} val / {windows['test']:,} test windows",
         }
 
     def batches(self, epoch: int, start: int):
@@ -161,8 +167,7 @@ def train_forecaster(
     out_dir = Path(out_dir)
     if resume:
         stored = checkpoint.read_config(out_dir, task="forecast")
-        kept = {name: getattr(config, name) for name in (*LIMITS, *RESUMABLE)}
-        config = dataclasses.replace(from_dict(ForecastConfig, stored["forecast"]), **kept)
+        config = resumed_config(from_dict(ForecastConfig, stored["forecast"]), given_now(config))
     else:  # stored absolute, so eval, predict and --resume find the files from any directory
         config = dataclasses.replace(
             config, csv=tuple(str(Path(path).resolve()) if Path(path).exists() else path for path in config.csv)

@@ -7,7 +7,6 @@ average over independent windows.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -99,12 +98,9 @@ def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None
     """Exact metrics on one split of the corpus a run was trained on (checked by its sha1)."""
     from textrnn.checkpoint import train_config_of
     from textrnn.errors import TextrnnError
-    from textrnn.text.corpus import BUILTIN
     from textrnn.text.splits import load_splits
 
     train_config = train_config_of(run_config)
-    if train_config.corpus not in BUILTIN:  # a relative path may point elsewhere from here
-        train_config = dataclasses.replace(train_config, corpus=run_config["data"]["path"])
     _, splits, data = load_splits(train_config, data_dir, tokenizer)
     if data["sha1"] != run_config["data"]["sha1"]:
         raise TextrnnError(

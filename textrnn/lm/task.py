@@ -14,16 +14,16 @@ import torch
 from torch.nn import functional as F
 
 from textrnn import checkpoint
-from textrnn.config import LIMITS, RESUMABLE, ModelConfig, TrainConfig, from_dict
+from textrnn.config import ModelConfig, TrainConfig, from_dict
 from textrnn.errors import TextrnnError
 from textrnn.lm.evaluate import cross_entropy_sum, metrics_from_sum
 from textrnn.lm.model import CharLM
 from textrnn.nn import activation_regularization, temporal_activation_regularization
 from textrnn.text.batching import Batches
-from textrnn.text.corpus import BUILTIN
 from textrnn.text.splits import load_splits
 from textrnn.text.tokenizer import load_tokenizer
 from textrnn.train.distributed import join
+from textrnn.train.state import given_now, resumed_config
 from textrnn.train.task import Task
 from textrnn.train.trainer import fit
 
@@ -60,7 +60,13 @@ class LanguageModelTask(Task):
         return CharLM(self.model_config)
 
     def start_info(self) -> dict:
-        return {"data": self.data}
+        """The corpus, and ``source``: what a progress line says is trained on."""
+        data, tokens = self.data, self.data["tokens"]
+        source = (
+            f"{data['corpus']} ({data['normalize']} normalization; {tokens['train']:,} train / {tokens['val']:,} val / "
+            f"{tokens['test']:,} test tokens)"
+        )
+        return {"data": data, "source": source}
 
     def batches(self, epoch: int, start: int):
         return self.batch_stream.epoch(epoch, start)
@@ -115,9 +121,9 @@ def train(
 ) -> dict:
     """Train a character language model and return the summary (the ``--json`` keys of ``train``).
 
-    ``resume=True`` continues the run in ``out_dir`` from its last checkpoint (the configs
-    given are then those stored in the run, with the limits, ``eval_every``, ``patience`` and ``device``
-    of ``train_config``; ``config.with_limits`` builds one from the stored config).
+    ``resume=True`` continues the run in ``out_dir`` from its last checkpoint: the configs are then those
+    stored in the run, with the limits, ``eval_every``, ``patience`` and ``device`` of ``train_config``
+    (``train.state.resumed_config`` builds one from the stored config and the options given).
     ``should_stop()`` is polled after every step: when it says so, a checkpoint is written
     and the summary comes back with ``interrupted: True``.
     """
@@ -125,10 +131,7 @@ def train(
     tokenizer = None
     if resume:
         stored = checkpoint.read_config(out_dir)
-        kept = {name: getattr(train_config, name) for name in (*LIMITS, *RESUMABLE)}
-        train_config = dataclasses.replace(checkpoint.train_config_of(stored), **kept)
-        if train_config.corpus not in BUILTIN:  # a relative path may point elsewhere from here
-            train_config = dataclasses.replace(train_config, corpus=stored["data"]["path"])
+        train_config = resumed_config(checkpoint.train_config_of(stored), given_now(train_config))
         model_config = from_dict(ModelConfig, stored["model"])
         tokenizer = load_tokenizer(out_dir / "tokenizer.json", stored["tokenizer"].get("type", "char"))
     elif model_config.task == "infill" and train_config.tokenizer != "char":

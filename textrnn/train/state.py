@@ -1,14 +1,30 @@
-"""What a resumed run reads back: the trainer state of ``last.pt`` and the random number generators."""
+"""What a resumed run reads back: its config with what may change on a resume, the trainer state of ``last.pt``
+and the random number generators."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from textrnn import checkpoint
+from textrnn.config import LIMITS, RESUMABLE, with_limits
 from textrnn.errors import TextrnnError
 from textrnn.train.distributed import World
+
+
+def resumed_config(stored, given: dict):
+    """The config a resumed run trains with: ``stored`` (the run's own), with the limits given now (any limit
+    given replaces all three) and the ``RESUMABLE`` settings given now. ``given`` maps field names to values,
+    None meaning not given; other fields are the run's and stay."""
+    changes = {name: given[name] for name in RESUMABLE if given.get(name) is not None}
+    return with_limits(dataclasses.replace(stored, **changes), **{name: given.get(name) for name in LIMITS})
+
+
+def given_now(config) -> dict:
+    """What a config passed to a resumed run contributes: its limits and ``RESUMABLE`` settings."""
+    return {name: getattr(config, name) for name in (*LIMITS, *RESUMABLE)}
 
 
 def rng_state() -> dict:
