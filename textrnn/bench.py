@@ -201,11 +201,10 @@ def _textrnn_run(job: dict, device: torch.device) -> dict:
 
 
 def _corpus_run(job: dict) -> dict:
-    from textrnn.config import TrainConfig
-    from textrnn.text.splits import load_splits
+    from textrnn.text.splits import TextSource, load_splits
 
     started = time.perf_counter()
-    _, splits, _ = load_splits(TrainConfig(corpus=job["corpus"], normalize="none", max_steps=1))
+    _, splits, _ = load_splits(TextSource(corpus=job["corpus"], normalize="none"))
     seconds = time.perf_counter() - started
     tokens = sum(len(split) for split in splits.values())
     return {

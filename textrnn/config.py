@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from textrnn.errors import TextrnnError
 from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend, check_regularizers
 from textrnn.nn.regularize import check_probability
-from textrnn.text.tokenizer import TOKENIZERS
+from textrnn.text.splits import TextSource
+from textrnn.timeseries.features import CALENDARS
 
 TASKS = ("causal", "infill")
 DEFAULT_EPOCHS = 40
@@ -24,7 +25,6 @@ RESUMABLE = ("eval_every", "patience", "device")  # what a resumed run takes fro
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 PARTITIONS = ("sequential", "random")
-NORMALIZATIONS = ("d2l", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
 CUDA_GRAPHS = ("auto", "on", "off")
@@ -205,18 +205,12 @@ class TrainConfig:
         _require(
             self.partition in PARTITIONS, f"unknown partition {self.partition!r}: choose one of {', '.join(PARTITIONS)}"
         )
-        _require(
-            self.normalize is None or self.normalize in NORMALIZATIONS,
-            f"unknown normalization {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}",
-        )
         _require(self.num_steps >= 1, f"--num-steps must be at least 1, got {self.num_steps}")
-        _require(
-            257 <= self.bpe_vocab_size <= 1_000_000,
-            f"--vocab-size must be in [257, 1000000] (the 256 bytes and <unk> come first), got {self.bpe_vocab_size}",
-        )
-        _require(
-            self.tokenizer in TOKENIZERS, f"unknown tokenizer {self.tokenizer!r}: choose one of {', '.join(TOKENIZERS)}"
-        )
+        self.text_source()  # checks the corpus settings
+
+    def text_source(self) -> TextSource:
+        """What the text stage reads of this config: the corpus and how to normalize, tokenize and split it."""
+        return TextSource(**{field.name: getattr(self, field.name) for field in dataclasses.fields(TextSource)})
 
 
 @dataclass(frozen=True)
@@ -259,7 +253,6 @@ class SampleConfig:
 
 
 FORECAST_LOSSES = ("mse", "l1", "huber")
-CALENDARS = ("linear", "cyclical", "none")
 FORECAST_DEFAULT_EPOCHS = 30
 FORECAST_DEFAULT_SECONDS = 290.0
 

@@ -369,11 +369,11 @@ def prepare(corpus, data_dir, json_output, **options):
     use, for files of 64 MB or more). Memory stays bounded by 16 MB pieces, not the corpus."""
     import resource
 
-    from textrnn.text.splits import load_splits
+    from textrnn.text.splits import TextSource, load_splits
 
-    config = TrainConfig(corpus=corpus, max_steps=1, **given(options, TrainConfig))
+    source = TextSource(corpus=corpus, **given(options, TextSource))
     started = time.perf_counter()
-    tokenizer, splits, data = load_splits(config, data_dir, always_prepare=True)
+    tokenizer, splits, data = load_splits(source, data_dir, always_prepare=True)
     result = {
         "cache": data.get("prepared"),
         "tokens": {name: int(len(split)) for name, split in splits.items()},

@@ -21,14 +21,13 @@ from textrnn.config import (
     CUDA_GRAPHS,
     DEVICES,
     FORECAST_LOSSES,
-    NORMALIZATIONS,
     OPTIMIZERS,
     PARTITIONS,
     PRECISIONS,
     SCHEDULES,
     TASKS,
 )
-from textrnn.text.tokenizer import TOKENIZERS
+from textrnn.text.tokenizer import NORMALIZATIONS, TOKENIZERS
 from textrnn.timeseries.features import CALENDARS
 
 # (flags, click.option keywords; "field": the config field when it is not the flag's name, "default_text": the

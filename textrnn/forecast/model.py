@@ -60,7 +60,8 @@ class Forecaster(nn.Module):
         self.known = len(getattr(config, "future_covariates", ())) + bool(getattr(config, "country", None))
         use_decoder = getattr(config, "decoder", False)
         self.decoder = HorizonDecoder(config, input_size - self.observed) if use_decoder else None
-        if levels:  # added to the quantiles after training, calibrated on the validation part (forecast.evaluate.calibrate)
+        # added to the quantiles after training, calibrated on the validation part (forecast.evaluate.calibrate)
+        if levels:
             self.register_buffer("interval_offsets", torch.zeros(config.horizon, len(levels)))
         if self.decoder is None:
             # (horizon * Q): with one output per step the parameters are those of runs before quantiles

@@ -38,6 +38,9 @@ def cut_point(text: str, d2l: bool) -> int:
     return end
 
 
+NORMALIZATIONS = ("d2l", "none")
+
+
 def make_normalizer(mode: str):
     if mode == "d2l":
         return normalizers.Sequence([normalizers.Replace(Regex("[^A-Za-z]+"), " "), normalizers.Lowercase()])
