@@ -104,3 +104,6 @@ def export(export_format, checkpoint, weights, out, json_output):
             f"{result['checkpoint']}: inputs {', '.join(result['inputs'])} -> {', '.join(result['outputs'])}; "
             f"onnxruntime agrees with PyTorch within {result['max_abs_difference']:.1e}"
         )
+
+
+COMMANDS = (bench, plot, export)
