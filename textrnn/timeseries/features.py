@@ -1,5 +1,5 @@
-"""Model inputs of a series: calendar features, public holidays, covariates, and min-max scaling fitted on the
-training part.
+"""Model inputs of a series: calendar features, public holidays, the feature rows windows read (scaled target,
+calendar, covariates), and min-max scaling fitted on the training part.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from textrnn.errors import TextrnnError
 from textrnn.timeseries.clean import DAY
 
 CALENDARS = ("linear", "cyclical", "none")
-
-
-# ----------------------------------------------------------------------------- features and scaling
 
 
 def calendar_features(times: np.ndarray, kind: str) -> np.ndarray:
@@ -81,13 +78,15 @@ def window_features(
 
 @dataclass(frozen=True)
 class Scaler:
-    """Min-max scaling to [0, 1], fitted on a training part; a constant series maps to 0."""
+    """Min-max scaling to [0, 1], fitted on a training part; a constant series maps to 0. ``transform`` and
+    ``inverse`` keep the shape of what they are given."""
 
     minimum: float
     maximum: float
 
     @classmethod
     def fit(cls, values: np.ndarray) -> Scaler:
+        """The scaler of ``values`` (N,), N >= 1: their minimum and maximum."""
         if len(values) == 0:
             raise TextrnnError("cannot fit a scaler on an empty training part")
         minimum, maximum = float(np.min(values)), float(np.max(values))
@@ -97,10 +96,13 @@ class Scaler:
 
     @property
     def span(self) -> float:
+        """maximum - minimum; 1 for a constant series, so that it maps to 0."""
         return self.maximum - self.minimum if self.maximum > self.minimum else 1.0
 
     def transform(self, values):
+        """Values in the units of the data -> scaled (the training part in [0, 1])."""
         return (values - self.minimum) / self.span
 
     def inverse(self, values):
+        """Scaled values -> the units of the data."""
         return values * self.span + self.minimum

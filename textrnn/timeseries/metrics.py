@@ -12,7 +12,8 @@ METRICS = ("smape", "mape", "mae", "rmse")
 
 
 def metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
-    """MAE, RMSE (units of the data) and MAPE, sMAPE (%) over all points given.
+    """MAE, RMSE (units of the data) and MAPE, sMAPE (%) over all points given: ``actual`` and ``predicted``
+    of the same size, any shape ((W, horizon) for windows), and ``points``, their number.
 
     sMAPE is the standard mean of ``2|y - ŷ| / (|y| + |ŷ|)`` (a point where both are 0 counts as 0);
     MAPE leaves out points where ``y`` is 0 (it is undefined there) and is None when all are.
@@ -36,7 +37,8 @@ def metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
 
 def baseline_forecasts(values: np.ndarray, starts: np.ndarray, lookback: int, horizon: int, season: int) -> dict:
     """Persistence (every step ahead = the last observed value) and seasonal naive (the value one season
-    earlier, going back whole seasons until it is observed), each (W, horizon) in the units of ``values``."""
+    earlier, going back whole seasons until it is observed) of the windows at ``starts`` (W,) over ``values``
+    (N,), each (W, horizon) in the units of ``values``."""
     last = values[starts + lookback - 1]
     persistence = np.repeat(last[:, None], horizon, axis=1)
     ahead = np.arange(horizon)
@@ -54,6 +56,7 @@ def interval_pairs(levels) -> list[tuple[int, int]]:
 
 
 def interval_key(lower: float, upper: float) -> str:
+    """The JSON key of the interval between two quantile levels: 0.1, 0.9 -> "0.1-0.9"."""
     return f"{lower:g}-{upper:g}"
 
 

@@ -1,5 +1,6 @@
-"""Reading time series: CSV or Parquet through pandas, the time column parsed (formats guessed, day/month order
-from the data or ``dayfirst``, 12-hour clocks, offsets to UTC), numbers checked cell by cell.
+"""Reading time series: the time, target and covariate columns of a CSV or Parquet file through pandas, the time
+column parsed (formats guessed, day/month order from the data or ``dayfirst``, 12-hour clocks, offsets to UTC),
+numbers checked cell by cell; and times written back in the format the file used (``format_times``).
 """
 
 from __future__ import annotations
@@ -28,24 +29,22 @@ _ISO_FORMAT = re.compile(r"%Y-%m-%d([T ]%H(:%M(:%S(\.%f)?)?)?)?(%z)?")
 _MERIDIAN = re.compile(r"(\s*)([AaPp][Mm])$")  # 1:00 PM: pandas guesses the rest, %I ... %p is added
 
 
-# ----------------------------------------------------------------------------- reading
-
-
 @dataclass
 class Table:
-    """The columns of a CSV or Parquet file that forecasting needs, as read (before cleaning)."""
+    """The columns of a CSV or Parquet file that forecasting needs, as read (before cleaning): R = ``rows``."""
 
     path: Path
     sha256: str
     time_column: str
-    times: np.ndarray  # datetime64[s], NaT where the cell was empty
-    columns: dict[str, np.ndarray]  # target name -> float64 values, NaN where missing
+    times: np.ndarray  # (R,) datetime64[s], NaT where the cell was empty
+    columns: dict[str, np.ndarray]  # target name -> (R,) float64 values, NaN where missing
     time_format: str  # "iso" (also for times converted to UTC) or the strptime format that read every time
     rows: int
-    covariates: dict[str, np.ndarray] = field(default_factory=dict)  # covariate name -> float64 values
+    covariates: dict[str, np.ndarray] = field(default_factory=dict)  # covariate name -> (R,) float64 values
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file's bytes, as hex (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -126,6 +125,7 @@ def _check_covariates(time_column: str, targets, covariates) -> None:
 
 
 def _check_columns(path: Path, header: list[str], wanted: list[str], covariates=()) -> None:
+    """Refuses a file whose ``header`` lacks a ``wanted`` column, naming it, the file's columns and the option."""
     missing = [name for name in dict.fromkeys(wanted) if name not in header]
     if missing:
         options = "--covariates / --future-covariates" if set(missing) <= set(covariates) else "--time-col / --target"
@@ -189,7 +189,8 @@ def _read_parquet(path: Path, wanted: list[str], covariates=()) -> pd.DataFrame:
 
 
 def _times_of(column: pd.Series, time_format: str | None, dayfirst: bool | None, where: str):
-    """A time column as stored (timestamps in Parquet, text in CSV) -> datetime64[s] in UTC or wall-clock time."""
+    """A time column (R,) as stored (timestamps in Parquet, text in CSV) -> (R,) datetime64[s] in UTC or
+    wall-clock time, and the format that read it (``parse_times``)."""
     if pd.api.types.is_datetime64_any_dtype(column):
         return _naive(column), "iso"
     if pd.api.types.is_numeric_dtype(column):
@@ -199,14 +200,15 @@ def _times_of(column: pd.Series, time_format: str | None, dayfirst: bool | None,
 
 
 def _naive(times: pd.Series) -> np.ndarray:
-    """Timestamps -> datetime64[s]; aware ones converted to UTC first."""
+    """Timestamps (N,) -> (N,) datetime64[s]; aware ones converted to UTC first."""
     if getattr(times.dt, "tz", None) is not None:
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     return times.to_numpy().astype("datetime64[s]")
 
 
 def parse_numbers(cells, where: str) -> np.ndarray:
-    """Numbers, with the cells of ``MISSING`` (and infinities) as NaN; any other non-number is refused, naming the row."""
+    """Cells (N,) -> (N,) float64, with the cells of ``MISSING`` (and infinities) as NaN; any other non-number
+    is refused, naming the row."""
     column = pd.Series(cells)
     if pd.api.types.is_bool_dtype(column) or not (
         pd.api.types.is_numeric_dtype(column) or pd.api.types.is_string_dtype(column) or column.dtype == object
@@ -230,7 +232,7 @@ def parse_numbers(cells, where: str) -> np.ndarray:
 
 
 def parse_times(cells, time_format: str | None, where: str, dayfirst: bool | None = None) -> tuple[np.ndarray, str]:
-    """Timestamps as text -> datetime64[s] (NaT for empty cells) and the format that read them all.
+    """Timestamps as text (N,) -> (N,) datetime64[s] (NaT for empty cells) and the format that read them all.
 
     Without ``time_format``, pandas guesses the format of the first time. A date that could be
     day- or month-first is decided by the data: the usual order for its separator is tried first
@@ -306,7 +308,8 @@ def _candidate_formats(text: str, dayfirst: bool | None) -> list[str]:
 
 
 def _parse_as(texts: pd.Series, time_format: str) -> np.ndarray:
-    """Text (None where empty) -> datetime64[s], NaT where a time does not fit ``time_format``; offsets to UTC."""
+    """Text (N,) (None where empty) -> (N,) datetime64[s], NaT where a time does not fit ``time_format``;
+    offsets to UTC."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parsed = pd.to_datetime(
@@ -316,7 +319,7 @@ def _parse_as(texts: pd.Series, time_format: str) -> np.ndarray:
 
 
 def format_times(times: np.ndarray, time_format: str) -> list[str]:
-    """datetime64[s] -> text in the format the file used (ISO for ``"iso"``)."""
+    """(N,) datetime64[s] -> N texts in the format the file used (ISO for ``"iso"``)."""
     values = times.astype("datetime64[s]").tolist()
     if time_format == "iso":
         return [value.isoformat(sep=" ") for value in values]

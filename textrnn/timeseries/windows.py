@@ -1,6 +1,7 @@
 """Windows over cleaned series: every series scaled with a scaler fitted on its training part, laid end to end in
-one array with the window starts of each split; batches of windows are gathered by index arithmetic, so
-nothing is materialised per window and memory is O(series length).
+one array with the window starts of each split; batches of windows are gathered by index arithmetic
+(``window_indices``), so nothing is materialised per window and memory is O(series length). Also the feature
+rows a forecast past the end of a series reads (``prediction_inputs``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import pandas as pd
 from textrnn.errors import TextrnnError
 from textrnn.timeseries.clean import Series
 from textrnn.timeseries.features import Scaler, holiday_flags, window_features
-
-# ----------------------------------------------------------------------------- windows
 
 SPLITS = ("train", "val", "test")
 
@@ -44,6 +43,7 @@ class Dataset:
     covariate_scalers: list[dict[str, Scaler]] = field(default_factory=list)  # per series: name -> scaler
 
     def windows(self, split: str) -> int:
+        """The number of windows W of ``split``."""
         return len(self.starts[split])
 
 
@@ -71,6 +71,7 @@ def build_dataset(
 ) -> Dataset:
     """Scale each series (scalers fitted on its training part unless given), add calendar features and index
     the windows. With ``scalers`` given (a stored model on a new file) every window is a test window.
+    The series are laid end to end: N points in all, F feature columns (see ``Dataset`` for the shapes).
 
     ``observed`` and ``known`` name covariates of the series (known up to the forecast time, and known
     ahead), each scaled like the target (``covariate_scalers`` given with ``scalers``); ``country`` adds
@@ -82,32 +83,13 @@ def build_dataset(
     offset = 0
     for number, item in enumerate(series):
         length = len(item.values)
-        if scalers is None:
-            train_end, test_start = split_points(length, val_fraction, test_fraction)
-            if train_end < lookback + horizon:
-                raise TextrnnError(
-                    f"series {item.name!r} is too short: of its {length:,} points, {max(train_end, 0):,} are left for "
-                    f"training, fewer than --lookback + --horizon = {lookback + horizon}; use a shorter --lookback "
-                    "or more data"
-                )
-            scaler = Scaler.fit(item.values[:train_end])
-            bounds = {"train": (0, train_end), "val": (train_end, test_start), "test": (test_start, length)}
-        else:
-            scaler = scalers[number]
-            bounds = {"train": (0, 0), "val": (0, 0), "test": (0, length)}
+        training = scalers is None
+        bounds = _split_bounds(item, lookback, horizon, val_fraction, test_fraction, training)
+        scaler = Scaler.fit(item.values[: bounds["train"][1]]) if training else scalers[number]
         scaled = _scaled(scaler, item.values, f"series {item.name!r}")
-        own, columns = {}, {"observed": [], "known": []}
-        for kind, wanted in (("observed", observed), ("known", known)):
-            for name in wanted:
-                if name not in item.covariates:
-                    raise TextrnnError(f"series {item.name!r} has no covariate {name!r}: read it with the series")
-                column = item.covariates[name]
-                given = covariate_scalers[number][name] if covariate_scalers is not None else None
-                own[name] = given or Scaler.fit(column[: bounds["train"][1]])
-                columns[kind].append(_scaled(own[name], column, f"covariate {name!r} of series {item.name!r}"))
-        if country:
-            columns["known"].append(holiday_flags(item.times, country))
-        known_columns, observed_columns = (_stacked(columns[kind], length) for kind in ("known", "observed"))
+        own, known_columns, observed_columns = _covariate_columns(
+            item, observed, known, country, bounds["train"][1], covariate_scalers, number
+        )
         features.append(window_features(item.times, scaled, calendar, known_columns, observed_columns))
         fitted_covariates.append(own)
         values.append(scaled)
@@ -117,18 +99,11 @@ def build_dataset(
         names.append(item.name)
         fitted.append(scaler)
         first_test.append(str(item.times[bounds["test"][0]]) if bounds["test"][0] < length else "")
-        windows = dict.fromkeys(SPLITS, 0)
-        for split, (begin, end) in bounds.items():
-            history = lookback if split == "train" else max(lookback, season)  # the seasonal baseline's too
-            for seg_start, seg_end in item.segments:
-                first = seg_start + history - lookback  # window start
-                last = seg_end - lookback - horizon  # inclusive
-                candidates = np.arange(first, last + 1, dtype=np.int64)
-                target = candidates + lookback
-                keep = (target >= begin) & (target + horizon <= end)
-                starts[split].append(candidates[keep] + offset)
-                windows[split] += int(keep.sum())
-        _check_windows(item.name, windows, bounds, lookback, horizon, season, training=scalers is None)
+        windows = _window_starts(item.segments, bounds, lookback, horizon, season)
+        counts = {split: len(each) for split, each in windows.items()}
+        _check_windows(item.name, counts, bounds, lookback, horizon, season, training)
+        for split, each in windows.items():
+            starts[split].append(each + offset)
         offset += length
     return Dataset(
         features=np.concatenate(features),
@@ -147,11 +122,76 @@ def build_dataset(
     )
 
 
+def _split_bounds(
+    item: Series, lookback: int, horizon: int, val_fraction: float, test_fraction: float, training: bool
+) -> dict[str, tuple[int, int]]:
+    """The ``[begin, end)`` point range of each split of ``item`` (split -> (begin, end)): chronological parts
+    when ``training``, else the whole series for test. Refuses a series too short to train on."""
+    length = len(item.values)
+    if not training:
+        return {"train": (0, 0), "val": (0, 0), "test": (0, length)}
+    train_end, test_start = split_points(length, val_fraction, test_fraction)
+    if train_end < lookback + horizon:
+        raise TextrnnError(
+            f"series {item.name!r} is too short: of its {length:,} points, {max(train_end, 0):,} are left for "
+            f"training, fewer than --lookback + --horizon = {lookback + horizon}; use a shorter --lookback "
+            "or more data"
+        )
+    return {"train": (0, train_end), "val": (train_end, test_start), "test": (test_start, length)}
+
+
+def _covariate_columns(
+    item: Series,
+    observed: tuple[str, ...],
+    known: tuple[str, ...],
+    country: str | None,
+    train_end: int,
+    covariate_scalers: list[dict[str, Scaler]] | None,
+    number: int,
+) -> tuple[dict[str, Scaler], np.ndarray, np.ndarray]:
+    """The covariates of ``item`` (the ``number``-th series) scaled: their scalers (name -> scaler; fitted on
+    the first ``train_end`` points unless ``covariate_scalers`` gives them), the known-ahead columns (N, K),
+    holidays of ``country`` last, and the observed ones (N, P)."""
+    own, columns = {}, {"observed": [], "known": []}
+    for kind, wanted in (("observed", observed), ("known", known)):
+        for name in wanted:
+            if name not in item.covariates:
+                raise TextrnnError(f"series {item.name!r} has no covariate {name!r}: read it with the series")
+            column = item.covariates[name]
+            given = covariate_scalers[number][name] if covariate_scalers is not None else None
+            own[name] = given or Scaler.fit(column[:train_end])
+            columns[kind].append(_scaled(own[name], column, f"covariate {name!r} of series {item.name!r}"))
+    if country:
+        columns["known"].append(holiday_flags(item.times, country))
+    length = len(item.values)
+    return own, _stacked(columns["known"], length), _stacked(columns["observed"], length)
+
+
+def _window_starts(segments, bounds: dict, lookback: int, horizon: int, season: int) -> dict[str, np.ndarray]:
+    """The starts of the windows of each split in one series (split -> (W,) int64, indices into the series):
+    windows within one of its ``segments`` whose targets all lie in the split's ``bounds``. Validation and
+    test windows also leave room for a season before their targets (the seasonal-naive baseline reads it)."""
+    starts = {}
+    for split, (begin, end) in bounds.items():
+        history = lookback if split == "train" else max(lookback, season)
+        parts = [np.zeros(0, np.int64)]
+        for seg_start, seg_end in segments:
+            first = seg_start + history - lookback  # window start
+            last = seg_end - lookback - horizon  # inclusive
+            candidates = np.arange(first, last + 1, dtype=np.int64)
+            target = candidates + lookback
+            parts.append(candidates[(target >= begin) & (target + horizon <= end)])
+        starts[split] = np.concatenate(parts)
+    return starts
+
+
 def _stacked(columns: list[np.ndarray], length: int) -> np.ndarray:
+    """K columns (N,) -> (N, K); no columns -> (length, 0) float32."""
     return np.stack(columns, axis=1) if columns else np.zeros((length, 0), np.float32)
 
 
 def _scaled(scaler: Scaler, values: np.ndarray, what: str) -> np.ndarray:
+    """(N,) values -> (N,) float32 scaled by ``scaler``; refuses values too far out to scale in float32."""
     with np.errstate(over="ignore"):
         scaled = scaler.transform(values).astype(np.float32)
     if not np.isfinite(scaled).all():
@@ -233,7 +273,8 @@ def prediction_inputs(
 
 
 def _future_values(future, names: tuple[str, ...], times: np.ndarray, last: np.datetime64) -> dict[str, np.ndarray]:
-    """The known-ahead covariates at ``times`` (duplicated times averaged); refuses, naming what is missing."""
+    """The known-ahead covariates at ``times`` (S,): name -> (S,) float64 (duplicated times averaged); refuses,
+    naming what is missing."""
     if future is None:
         raise TextrnnError(
             f"the model reads known-ahead covariates ({', '.join(names)}): give their values for the {len(times)} "
