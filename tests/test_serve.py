@@ -1,5 +1,6 @@
 """`textrnn serve`: the completions API with the official openai client, hostile input, batching, draining."""
 
+import http.client
 import json
 import re
 import signal
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -48,6 +51,9 @@ def server(run_dir):
     torch.set_num_threads(1)
     app, engine, info = load_server(run_dir, limits=LIMITS)
     sock = bind("127.0.0.1", 0)
+    # A small receive buffer, as over a network: on loopback the kernel would take a 5 MB body whole, hiding a
+    # server that answers before reading it (the client, still sending, would see the connection reset).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 14)
     uvicorn_server = make_server(app, drain_seconds=5)
     thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -229,6 +235,42 @@ def test_hostile_bodies_get_a_4xx_error_object(server):
         fine = {"prompt": "the time ", "max_tokens": 5, "echo": False, "logprobs": None, "presence_penalty": 0}
         assert http.post("/v1/completions", json=fine).status_code == 200
         assert http.get("/health").json()["status"] == "ok"
+
+
+BIG_PROMPT = "the " * 1_250_000  # 5 MB: far over the test server's limit of 20,000 bytes
+TOO_LARGE = {"message": "the body is larger than 20,000 bytes", "type": "invalid_request_error", "param": None}
+
+
+def _refused_by_urllib(url: str, data) -> urllib.error.HTTPError:
+    request = urllib.request.Request(url + "/v1/completions", data=data, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    return refused.value
+
+
+def test_a_5_mb_prompt_gets_a_413_that_clients_can_read(client, server):
+    body = json.dumps({"model": server["name"], "prompt": BIG_PROMPT, "max_tokens": 5}).encode()
+    refused = _refused_by_urllib(server["url"], body)  # urllib sends the whole body before it reads the answer
+    assert refused.code == 413 and json.loads(refused.read()) == {"error": {**TOO_LARGE, "code": 413}}
+    chunks = (body[start : start + 65536] for start in range(0, len(body), 65536))
+    refused = _refused_by_urllib(server["url"], chunks)  # no Content-Length: Transfer-Encoding chunked
+    assert refused.code == 413 and json.loads(refused.read()) == {"error": {**TOO_LARGE, "code": 413}}
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.completions.create(model=server["name"], prompt=BIG_PROMPT, max_tokens=5)
+    assert refused.value.status_code == 413 and refused.value.message == "Error code: 413 - " + TOO_LARGE["message"]
+    assert client.completions.create(model=server["name"], prompt="the", max_tokens=3).choices[0].text
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_before_sending_the_body(server):
+    head = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=10) as connection:
+        connection.sendall(head)
+        answer = http.client.HTTPResponse(connection)  # a server waiting for the body would time out here
+        answer.begin()
+        assert answer.status == 413 and json.loads(answer.read()) == {"error": {**TOO_LARGE, "code": 413}}
 
 
 def test_connections_closed_mid_stream_free_their_rows(server):

@@ -1,12 +1,15 @@
 """The HTTP side of ``textrnn serve``: the completions API on FastAPI and uvicorn (answers, server-sent events,
-the playground page, ``/v1/models``, ``/health``), loading a run into engines, and a server that drains open
-requests on SIGTERM.
+the playground page, ``/v1/models``, ``/health``, errors as the API's ``error`` object, bodies over the limit
+refused with a 413 the client can read), loading a run into engines, and a server that drains open requests
+on SIGTERM.
 
-No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations (``Request``)
-as objects.
+The routes are plain Starlette endpoints: each takes the request, and finds the engine and the model's
+``/v1/models`` entry on ``request.app.state``. No ``from __future__ import annotations`` here all the same:
+FastAPI reads the annotations of its own routes as objects.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -101,120 +104,174 @@ def require_serve() -> None:
         raise TextrnnError('textrnn serve needs FastAPI and uvicorn: pip install "textrnn[serve]"') from None
 
 
-def create_app(engine: Engine, info: dict):
-    """The ASGI application: ``/v1/completions``, ``/v1/models``, ``/health`` and the playground at ``/``."""
+def create_app(engine: Engine | EnginePool, info: dict):
+    """The ASGI application over ``engine``: ``/v1/completions``, ``/v1/models``, ``/health`` and the playground
+    at ``/``; ``info`` is the model's ``/v1/models`` entry. The engine starts and stops with the application."""
     require_serve()
-    import contextlib
-
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from fastapi import FastAPI
     from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
+    from starlette.routing import Route
 
-    name = info["id"]
-    limits = engine.limits
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        engine.start()
-        try:
-            yield
-        finally:
-            # uvicorn has waited for the open requests (SIGTERM drains): finish what is left and stop.
-            await asyncio.to_thread(engine.close)
-
-    app = FastAPI(title="textrnn", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request, error: ApiError):
-        return JSONResponse(error.body(), status_code=error.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, error: HTTPException):
-        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        message = f"no route {request.method} {request.url.path}" if error.status_code in (404, 405) else error.detail
-        return JSONResponse(ApiError(error.status_code, message, kind).body(), status_code=error.status_code)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request, error: Exception):
-        message = f"internal error ({type(error).__name__}); the server is still running"
-        return JSONResponse(ApiError(500, message, "internal_error").body(), status_code=500)
-
-    @app.get("/")
-    async def playground():
-        return HTMLResponse((STATIC / "playground.html").read_text(encoding="utf-8"))
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": name, **engine.status()}
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [info]}
-
-    @app.get("/v1/models/{model:path}")
-    async def one_model(model: str):
-        if model != name:
-            raise ApiError(404, f"the model {model!r} does not exist; this server has {name!r}", "not_found_error")
-        return info
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        try:
-            body = await _read_body(request, limits.max_body_bytes)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        parsed = parse_request(body, name, engine.tokenizer, limits)
-        handle = engine.submit(parsed, asyncio.get_running_loop())
-        identity = (completion_id(), int(time.time()), name)
-        if parsed.stream:
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(_events(handle, *identity), media_type="text/event-stream", headers=headers)
-        return await _answer(handle, request, *identity)
-
-    async def _answer(handle: Handle, request, cid: str, created: int, model: str):
-        texts = [[] for _ in range(handle.choices)]
-        reasons: list = [None] * handle.choices
-        finished = 0
-        try:
-            while finished < handle.choices and handle.error is None:
-                try:
-                    await asyncio.wait_for(handle.event.wait(), 1.0)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        handle.cancel()
-                        return Response(status_code=499)
-                    continue
-                handle.event.clear()
-                while handle.outbox:
-                    index, text, reason = handle.outbox.popleft()
-                    texts[index].append(text)
-                    if reason is not None:
-                        reasons[index] = reason
-                        finished += 1
-        except asyncio.CancelledError:
-            handle.cancel()
-            raise
-        if handle.error is not None:
-            raise ApiError(500, handle.error, "internal_error")
-        choices = [choice(index, "".join(parts), reasons[index]) for index, parts in enumerate(texts)]
-        body = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
-        return JSONResponse({**body, "usage": usage(handle.request, handle)})
-
+    routes = [
+        Route("/", playground),
+        Route("/health", health),
+        Route("/v1/models", models),
+        Route("/v1/models/{model:path}", one_model),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    errors = {ApiError: api_error, HTTPException: http_error, Exception: internal_error}
+    app = FastAPI(
+        title="textrnn",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        routes=routes,
+        exception_handlers=errors,
+        lifespan=_lifespan,
+    )
+    app.state.engine, app.state.info = engine, info
     return app
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    engine = app.state.engine
+    engine.start()
+    try:
+        yield
+    finally:
+        # uvicorn has waited for the open requests (SIGTERM drains): finish what is left and stop.
+        await asyncio.to_thread(engine.close)
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes: Starlette endpoints, each taking the request (the engine and the model's entry are on app.state)
+
+
+async def playground(request):
+    from starlette.responses import HTMLResponse
+
+    return HTMLResponse((STATIC / "playground.html").read_text(encoding="utf-8"))
+
+
+async def health(request):
+    state = request.app.state
+    return _json({"status": "ok", "model": state.info["id"], **state.engine.status()})
+
+
+async def models(request):
+    return _json({"object": "list", "data": [request.app.state.info]})
+
+
+async def one_model(request):
+    info, model = request.app.state.info, request.path_params["model"]
+    if model != info["id"]:
+        raise ApiError(404, f"the model {model!r} does not exist; this server has {info['id']!r}", "not_found_error")
+    return _json(info)
+
+
+async def completions(request):
+    """``POST /v1/completions``: check the body, queue its choices, answer once they end or stream them."""
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import Response, StreamingResponse
+
+    engine, name = request.app.state.engine, request.app.state.info["id"]
+    try:
+        body = await _read_body(request, engine.limits.max_body_bytes)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    parsed = parse_request(body, name, engine.tokenizer, engine.limits)
+    handle = engine.submit(parsed, asyncio.get_running_loop())
+    identity = (completion_id(), int(time.time()), name)
+    if parsed.stream:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(_events(handle, *identity), media_type="text/event-stream", headers=headers)
+    return await _answer(handle, request, *identity)
+
+
+async def api_error(request, error: ApiError):
+    return _json(error.body(), error.status)
+
+
+async def http_error(request, error):
+    """Starlette's own refusals (no such route, wrong method) as the API's error object."""
+    kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+    message = f"no route {request.method} {request.url.path}" if error.status_code in (404, 405) else error.detail
+    return _json(ApiError(error.status_code, message, kind).body(), error.status_code)
+
+
+async def internal_error(request, error: Exception):
+    message = f"internal error ({type(error).__name__}); the server is still running"
+    return _json(ApiError(500, message, "internal_error").body(), 500)
+
+
+def _json(content: dict, status: int = 200):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(content, status_code=status)
+
+
+# An over-limit body is still read, and thrown away, up to this size: a client such as urllib sends the whole
+# body before it reads the answer, and a server that closes the connection with unread data in it makes the
+# kernel reset the connection, which loses the answer (the client sees "connection reset", not the 413).
+DISCARD_BYTES = 64 << 20
+
+
 async def _read_body(request, limit: int) -> bytes:
+    """The request's body, at most ``limit`` bytes held; a larger one is a 413, answered once the body has been
+    read (discarding it) up to ``DISCARD_BYTES``, or at once when the client declares a body larger than that or
+    waits for "100 Continue" before sending it."""
+    too_large = ApiError(413, f"the body is larger than {limit:,} bytes")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"the body is larger than {limit:,} bytes")
+    declared = int(declared) if declared.isdigit() else 0
+    waiting = request.headers.get("expect", "").lower() == "100-continue"  # no body comes until it is asked for
+    if declared > limit and (declared > DISCARD_BYTES or waiting):
+        raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the body is larger than {limit:,} bytes")
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > DISCARD_BYTES:
+            break
+        else:
+            chunks.clear()
+    if size > limit:
+        raise too_large
     return b"".join(chunks)
+
+
+async def _answer(handle: Handle, request, cid: str, created: int, model: str):
+    """The whole answer once every choice has ended; a client that leaves meanwhile cancels the request."""
+    from starlette.responses import Response
+
+    texts = [[] for _ in range(handle.choices)]
+    reasons: list = [None] * handle.choices
+    finished = 0
+    try:
+        while finished < handle.choices and handle.error is None:
+            try:
+                await asyncio.wait_for(handle.event.wait(), 1.0)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    handle.cancel()
+                    return Response(status_code=499)
+                continue
+            handle.event.clear()
+            while handle.outbox:
+                index, text, reason = handle.outbox.popleft()
+                texts[index].append(text)
+                if reason is not None:
+                    reasons[index] = reason
+                    finished += 1
+    except asyncio.CancelledError:
+        handle.cancel()
+        raise
+    if handle.error is not None:
+        raise ApiError(500, handle.error, "internal_error")
+    choices = [choice(index, "".join(parts), reasons[index]) for index, parts in enumerate(texts)]
+    body = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+    return _json({**body, "usage": usage(handle.request, handle)})
 
 
 def _sse(data) -> str:

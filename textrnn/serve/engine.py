@@ -65,13 +65,12 @@ class _Job:
 
     handle: Handle
     index: int  # the (first) choice index
-    ids: list[int]
-    seed: int | None
+    ids: list[int]  # the prompt
+    limit: int  # max_tokens
     search: BeamSearch | None = None
     stream: TextStream | None = None
-    draws: random.Random = field(default_factory=random.Random)
+    draws: random.Random = field(default_factory=random.Random)  # a sampled choice's random numbers
     tokens: int = 0
-    limit: int = 0  # max_tokens
     feed: list[int] | None = None  # the prompt, while it is being read inside the batched steps
     fed: int = 0  # how much of it has been input
     state: object = None  # beam jobs keep their own rows between steps
@@ -135,21 +134,10 @@ class Engine:
     # -- the request side (any thread) --
 
     def submit(self, request: CompletionRequest, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+        """Queue the request's choices; its text arrives in the handle's outbox (woken on ``loop``). A full
+        queue or a closing engine is a 503."""
         handle = Handle(request, loop)
-        jobs: list[_Job] = []
-        for prompt_index, ids in enumerate(request.prompt_ids):
-            base = prompt_index * request.n
-            if request.beam > 1:
-                config = SampleConfig(length=request.max_tokens, beam=request.beam, num_samples=request.n)
-                config = _with_stops(config, request.stop)
-                search = BeamSearch(self.table, config, self.tokenizer.unk_id)
-                jobs.append(_Job(handle, base, ids, None, search=search))
-                continue
-            for choice in range(request.n):
-                seed = None if request.seed is None else (request.seed + base + choice) % 2**63
-                job = _Job(handle, base + choice, ids, seed, stream=TextStream(self.table, request.stop))
-                job.draws = random.Random(seed)
-                jobs.append(job)
+        jobs = self._jobs_of(handle)
         with self._condition:
             if self._closing:
                 raise ApiError(503, "the server is shutting down", "server_unavailable")
@@ -157,11 +145,31 @@ class Engine:
                 raise ApiError(
                     503, f"the server is busy ({len(self._waiting)} choices waiting): try again shortly", "server_busy"
                 )
-            for job in jobs:
-                job.limit = request.max_tokens
             self._waiting.extend(jobs)
             self._condition.notify()
         return handle
+
+    def _jobs_of(self, handle: Handle) -> list[_Job]:
+        """A job per sampled choice (choice i of prompt p seeded with seed + p * n + i), or per prompt for a
+        beam search (its n best texts)."""
+        request = handle.request
+        jobs = []
+        for prompt_index, ids in enumerate(request.prompt_ids):
+            base = prompt_index * request.n
+            if request.beam > 1:
+                config = SampleConfig(
+                    length=request.max_tokens, beam=request.beam, num_samples=request.n, stop=request.stop
+                )
+                search = BeamSearch(self.table, config, self.tokenizer.unk_id)
+                jobs.append(_Job(handle, base, ids, request.max_tokens, search=search))
+                continue
+            for choice in range(request.n):
+                seed = None if request.seed is None else (request.seed + base + choice) % 2**63
+                stream = TextStream(self.table, request.stop)
+                jobs.append(
+                    _Job(handle, base + choice, ids, request.max_tokens, stream=stream, draws=random.Random(seed))
+                )
+        return jobs
 
     def load(self) -> int:
         """Rows stepping or being read plus choices waiting (read without the lock: a hint for EnginePool)."""
@@ -261,9 +269,12 @@ class Engine:
             chunk = torch.as_tensor(prefill.ids[prefill.position : end], device=self.device).unsqueeze(0)
             _, prefill.state = self.model(chunk, prefill.state)
             prefill.position = end
-        if prefill.position < len(prefill.ids) - 1:
-            return
-        self._prefilling.pop(0)
+        if prefill.position >= len(prefill.ids) - 1:
+            self._prefilling.pop(0)
+            self._join_prefilled(prefill)
+
+    def _join_prefilled(self, prefill: _Prefill) -> None:
+        """A read prompt's choices join the batch from its state, its last token their first input."""
         state = prefill.state if prefill.state is not None else self._zero_state
         last = prefill.ids[-1]
         joined = []
@@ -300,7 +311,8 @@ class Engine:
         self._settings = None
 
     def _step(self) -> None:
-        """One model step for every row; sample the streams, advance the beams, publish the text."""
+        """One model step for every row (the sampled rows, then each beam search's rows); sample the streams,
+        advance the beams, publish the text."""
         sampled = len(self._jobs)
         states = ([self._state] if sampled else []) + [job.state for job in self._beams]
         tokens = torch.cat([self._tokens[:sampled], *[job.next_tokens for job in self._beams]])
@@ -309,59 +321,75 @@ class Engine:
         woken: set[Handle] = set()
         self._now = time.monotonic()
         if sampled:
-            chosen = self._sample(logits[:sampled])
-            # Rows still reading their prompt take its next token instead of the one drawn, and show nothing.
-            reading = [row for row, job in enumerate(self._jobs) if job.feed is not None]
-            if reading:
-                prompt_tokens = []
-                for row in reading:
-                    job = self._jobs[row]
-                    prompt_tokens.append(job.feed[job.fed])
-                    job.fed += 1
-                    if job.fed == len(job.feed):
-                        job.feed = None
-                rows = torch.as_tensor(reading, device=self.device)
-                chosen[rows] = torch.as_tensor(prompt_tokens, device=self.device)
             self._state = map_state(lambda tensor: tensor[:, :sampled], state) if self._beams else state
-            self._tokens = chosen
-            skip = set(reading)
-            now = self._now
-            # The hot loop (every row, every step): the common case inline, the end of a choice in _publish.
-            for row, (job, token) in enumerate(zip(self._jobs, chosen.tolist())):
-                if row in skip:
-                    continue
-                stream = job.stream
-                text = stream.push(token)
-                job.tokens += 1
-                if stream.stopped:
-                    self._publish(job, job.index, text, "stop", woken)
-                elif job.tokens == job.limit:
-                    self._publish(job, job.index, text + stream.flush(), "length", woken)
-                elif text:
-                    handle = job.handle
-                    handle.outbox.append((job.index, text, None))
-                    if handle.streaming and now - handle.woken_at >= WAKE_INTERVAL:
-                        handle.woken_at = now
-                        woken.add(handle)
-        row = sampled
+            self._advance_sampled(logits[:sampled], woken)
+        self._advance_beams(logits, state, sampled, woken)
+        self._remove_done()
+        self._wake(woken)
+
+    def _advance_sampled(self, logits: torch.Tensor, woken: set) -> None:
+        """Draw the next token of every sampled row from ``logits`` (S, V) and publish the text it makes."""
+        chosen = self._sample(logits)
+        reading = self._feed_prompts(chosen)
+        self._tokens = chosen
+        now = self._now
+        # The hot loop (every row, every step): the common case inline, the end of a choice in _publish.
+        for row, (job, token) in enumerate(zip(self._jobs, chosen.tolist())):
+            if row in reading:
+                continue
+            stream = job.stream
+            text = stream.push(token)
+            job.tokens += 1
+            if stream.stopped:
+                self._publish(job, job.index, text, "stop", woken)
+            elif job.tokens == job.limit:
+                self._publish(job, job.index, text + stream.flush(), "length", woken)
+            elif text:
+                handle = job.handle
+                handle.outbox.append((job.index, text, None))
+                if handle.streaming and now - handle.woken_at >= WAKE_INTERVAL:
+                    handle.woken_at = now
+                    woken.add(handle)
+
+    def _feed_prompts(self, chosen: torch.Tensor) -> set[int]:
+        """Rows still reading their prompt take its next token instead of the one drawn (written into
+        ``chosen``, (S,)) and show nothing; returns those rows."""
+        reading = [row for row, job in enumerate(self._jobs) if job.feed is not None]
+        if not reading:
+            return set()
+        prompt_tokens = []
+        for row in reading:
+            job = self._jobs[row]
+            prompt_tokens.append(job.feed[job.fed])
+            job.fed += 1
+            if job.fed == len(job.feed):
+                job.feed = None
+        rows = torch.as_tensor(reading, device=self.device)
+        chosen[rows] = torch.as_tensor(prompt_tokens, device=self.device)
+        return set(reading)
+
+    def _advance_beams(self, logits: torch.Tensor, state, row: int, woken: set) -> None:
+        """Advance each beam search by its rows of ``logits`` (R, V) and ``state`` (rows on dim 1), which start
+        at ``row``; a search that has ended publishes its n best texts."""
         for job in self._beams:
             width = job.next_tokens.shape[0]
             parents = job.search.advance(logits[row : row + width])
+            job.tokens += 1
             if parents is None:
-                job.tokens += 1
-                results = job.search.results(job.handle.request.n)
-                # A tiny vocabulary can leave fewer texts than choices: the rest are empty, cut at the cap.
-                results += [("", "length", -math.inf)] * (job.handle.request.n - len(results))
-                for offset, (text, reason, _) in enumerate(results):
-                    self._publish(job, job.index + offset, text, reason, woken)
+                self._publish_beams(job, woken)
             else:
                 rows = torch.arange(row, row + width, device=self.device).index_select(0, parents)
                 job.state = map_state(lambda tensor, rows=rows: tensor.index_select(1, rows), state)
                 job.next_tokens = job.search.tokens
-                job.tokens += 1
             row += width
-        self._remove_done()
-        self._wake(woken)
+
+    def _publish_beams(self, job: _Job, woken: set) -> None:
+        n = job.handle.request.n
+        results = job.search.results(n)
+        # A tiny vocabulary can leave fewer texts than choices: the rest are empty, cut at the cap.
+        results += [("", "length", -math.inf)] * (n - len(results))
+        for offset, (text, reason, _) in enumerate(results):
+            self._publish(job, job.index + offset, text, reason, woken)
 
     def _publish(self, job: _Job, index: int, text: str, reason: str | None, woken: set) -> None:
         handle = job.handle
@@ -515,9 +543,3 @@ def _cat_states(states: list):
     if isinstance(first, torch.Tensor):
         return torch.cat(states, dim=1)
     return tuple(_cat_states([state[part] for state in states]) for part in range(len(first)))
-
-
-def _with_stops(config: SampleConfig, stops: tuple[str, ...]) -> SampleConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, stop=stops)

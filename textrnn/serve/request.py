@@ -1,11 +1,15 @@
-"""Completion requests: the JSON body of ``POST /v1/completions`` checked field by field into a
-``CompletionRequest``; a bad field is an ``ApiError`` (a 4xx with the OpenAI-style ``error`` object).
+"""Completion requests: the JSON body of ``POST /v1/completions`` checked into a ``CompletionRequest``.
+
+``FIELDS`` is the table of the fields a body may hold: each with its check, default and bounds; the parser
+walks it, then applies the few rules that join fields (greedy and temperature, prompts x n, beam search).
+A bad field is an ``ApiError``: a 4xx with the OpenAI-style ``error`` object naming it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from textrnn.errors import TextrnnError
@@ -45,13 +49,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
 
 
-# ---------------------------------------------------------------------------------------------
-# Requests
-
-
 @dataclass
 class CompletionRequest:
-    """A checked ``POST /v1/completions`` body."""
+    """A checked ``POST /v1/completions`` body; ``prompt_ids[p]`` is prompt ``p`` encoded (its length in tokens)."""
 
     prompts: list[str]
     prompt_ids: list[list[int]]
@@ -68,174 +68,89 @@ class CompletionRequest:
     beam: int = 1
 
 
-# OpenAI fields textrnn does not implement: accepted at the value that means "off", refused otherwise.
-_NEUTRAL = {
-    "echo": (False,),
-    "logprobs": (None, 0),
-    "presence_penalty": (0, 0.0),
-    "frequency_penalty": (0, 0.0),
-    "logit_bias": (None, {}),
-    "suffix": (None, ""),
-}
-_FIELDS = {
-    "model",
-    "prompt",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "greedy",
-    "n",
-    "stop",
-    "seed",
-    "stream",
-    "stream_options",
-    "beam",
-    "best_of",
-    "user",
-    *_NEUTRAL,
-}
+# ---------------------------------------------------------------------------------------------
+# The table of fields
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+@dataclass(frozen=True)
+class Field:
+    """One field of the body. ``check(field, value, limits)`` turns its JSON value into the request's value
+    or raises ``ApiError``; a value in ``unset`` (same value and type; null always) means ``default`` and is
+    not checked. A bound is a number or the name of a ``Limits`` field."""
+
+    name: str
+    check: Callable
+    default: object = None
+    low: float | str | None = None
+    high: float | str | None = None
+    low_open: bool = False  # the low bound itself is refused
+    unset: tuple = (None,)
+    sampling: bool = False  # a sampling setting: beam search takes none of them
+
+    def read(self, data: dict, limits: Limits):
+        value = data.get(self.name)
+        if any(value == off and type(value) is type(off) for off in self.unset):
+            return self.default
+        return self.check(self, value, limits)
+
+    def bounds(self, limits: Limits) -> tuple:
+        return tuple(getattr(limits, bound) if isinstance(bound, str) else bound for bound in (self.low, self.high))
 
 
-def _is_number(value) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
+def _integer(field: Field, value, limits: Limits) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(400, f"{field.name} must be an integer, got {_shown(value)}", param=field.name)
+    return _within(field, value, limits)
 
 
-def _integer(data: dict, name: str, default, low: int, high: int, none_ok: bool = False):
-    value = data.get(name, default)
-    if value is None and (none_ok or default is None):
-        return None
-    if not _is_integer(value):
-        raise ApiError(400, f"{name} must be an integer, got {_shown(value)}", param=name)
-    if not low <= value <= high:
-        raise ApiError(400, f"{name} must be in [{low}, {high}], got {_shown(value)}", param=name)
+def _number(field: Field, value, limits: Limits) -> float:
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # a huge int is finite
+    if not finite or isinstance(value, bool):
+        raise ApiError(400, f"{field.name} must be a finite number, got {_shown(value)}", param=field.name)
+    return float(_within(field, value, limits))
+
+
+def _within(field: Field, value, limits: Limits):
+    low, high = field.bounds(limits)
+    if value > high or value < low or (field.low_open and value == low):
+        bracket = "(" if field.low_open else "["
+        raise ApiError(400, f"{field.name} must be in {bracket}{low}, {high}], got {_shown(value)}", param=field.name)
     return value
 
 
-def _number(data: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
-    value = data.get(name, default)
+def _boolean(field: Field, value, limits: Limits) -> bool:
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{field.name} must be true or false, got {_shown(value)}", param=field.name)
+    return value
+
+
+def _string(field: Field, value, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, f"{field.name} must be a string, got {_shown(value)}", param=field.name)
+    return value
+
+
+def _as_given(field: Field, value, limits: Limits):
+    return value
+
+
+def _unsupported(field: Field, value, limits: Limits):
+    raise ApiError(400, f"{field.name} is not supported by textrnn (leave it out)", param=field.name)
+
+
+def _strings(name: str, value, what: str) -> list[str]:
+    """A string or a list of strings, as a list; anything else is refused with ``what`` as the message."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ApiError(400, what, param=name)
+    return items
+
+
+def _prompts(field: Field, value, limits: Limits) -> list[str]:
     if value is None:
-        return default
-    if not _is_number(value):
-        raise ApiError(400, f"{name} must be a finite number, got {_shown(value)}", param=name)
-    if value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise ApiError(400, f"{name} must be in {bracket}{low}, {high}], got {_shown(value)}", param=name)
-    return float(value)
-
-
-def _shown(value) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_request(body: bytes, model_name: str, tokenizer, limits: Limits) -> CompletionRequest:
-    """Check every field of a completions request; any problem is an ``ApiError`` naming the field."""
-    try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, f"the body is not valid JSON ({str(error)[:120]})") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    unknown = sorted(set(data) - _FIELDS)
-    if unknown:
-        raise ApiError(
-            400,
-            f"unknown field {_shown(unknown[0])}; textrnn takes {', '.join(sorted(_FIELDS - set(_NEUTRAL)))}",
-            param=unknown[0],
-        )
-    model = data.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(400, f"model must be a string, got {_shown(model)}", param="model")
-    if model not in (None, model_name):
-        raise ApiError(
-            404,
-            f"the model {_shown(model)} does not exist; this server has {model_name!r} (GET /v1/models)",
-            "not_found_error",
-            "model",
-        )
-    for name, neutral in _NEUTRAL.items():
-        if name in data and not any(data[name] == value and type(data[name]) is type(value) for value in neutral):
-            raise ApiError(400, f"{name} is not supported by textrnn (leave it out)", param=name)
-    if data.get("user") is not None and not isinstance(data["user"], str):
-        raise ApiError(400, "user must be a string", param="user")
-
-    prompts = _prompts(data.get("prompt"), limits)
-    ids = []
-    for index, prompt in enumerate(prompts):
-        unknown_chars = tokenizer.unknown_characters(prompt)
-        where = "prompt" if len(prompts) == 1 else f"prompt {index}"
-        if unknown_chars:
-            raise ApiError(
-                400,
-                f"{where} has characters the model's vocabulary lacks: {_shown(''.join(unknown_chars)[:40])} "
-                "(after the model's normalization); remove or replace them",
-                param="prompt",
-            )
-        encoded = [int(i) for i in tokenizer.encode(prompt)]
-        if not encoded:
-            raise ApiError(400, f"{where} is empty after the model's normalization", param="prompt")
-        ids.append(encoded)
-
-    request = CompletionRequest(prompts, ids)
-    request.max_tokens = _integer(data, "max_tokens", 16, 1, limits.max_tokens)
-    request.temperature = _number(data, "temperature", 1.0, 0.0, 1000.0)
-    request.top_p = _number(data, "top_p", 1.0, 0.0, 1.0, low_open=True)
-    top_k = data.get("top_k")
-    request.top_k = None if top_k in (None, -1) else _integer(data, "top_k", None, 1, 1 << 30)
-    greedy = data.get("greedy", False)
-    if not isinstance(greedy, bool):
-        raise ApiError(400, f"greedy must be true or false, got {_shown(greedy)}", param="greedy")
-    # temperature 0 means the most likely token, as in the OpenAI API.
-    request.greedy = greedy or request.temperature == 0.0
-    if not request.greedy and request.temperature < 1e-3:
-        raise ApiError(400, "temperature must be 0 (greedy) or at least 0.001", param="temperature")
-    request.n = _integer(data, "n", 1, 1, limits.max_n)
-    best_of = data.get("best_of")
-    if best_of is not None and best_of != request.n:
-        raise ApiError(400, "best_of is not supported by textrnn (use beam for the most likely text)", param="best_of")
-    if len(prompts) * request.n > limits.max_n:
-        raise ApiError(400, f"{len(prompts)} prompts x n={request.n} is more than {limits.max_n} choices", param="n")
-    request.stop = _stops(data.get("stop"), limits)
-    request.seed = _integer(data, "seed", None, 0, 2**63 - 1, none_ok=True)
-    for name in ("stream",):
-        value = data.get(name, False)
-        if not isinstance(value, bool) and value is not None:
-            raise ApiError(400, f"{name} must be true or false, got {_shown(value)}", param=name)
-    request.stream = bool(data.get("stream"))
-    options = data.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict) or set(options) - {"include_usage"}:
-            raise ApiError(400, 'stream_options must be {"include_usage": true|false}', param="stream_options")
-        if not isinstance(options.get("include_usage", False), bool):
-            raise ApiError(400, "stream_options.include_usage must be true or false", param="stream_options")
-        request.include_usage = options.get("include_usage", False)
-    request.beam = _integer(data, "beam", 1, 1, limits.max_beam)
-    if request.beam > 1:
-        sampling = request.greedy or request.temperature != 1.0 or request.top_p != 1.0 or request.top_k is not None
-        if sampling:
-            raise ApiError(400, "beam search takes no temperature, top_p, top_k or greedy", param="beam")
-        if request.n > request.beam:
-            raise ApiError(400, f"n={request.n} is more than beam={request.beam}", param="n")
-    return request
-
-
-def _prompts(prompt, limits: Limits) -> list[str]:
-    if prompt is None:
         raise ApiError(400, "prompt is required: a string or a list of strings", param="prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not all(isinstance(item, str) for item in prompts):
-        raise ApiError(
-            400, "prompt must be a string or a list of strings (token ids are not accepted: send text)", param="prompt"
-        )
+    what = "prompt must be a string or a list of strings (token ids are not accepted: send text)"
+    prompts = _strings("prompt", value, what)
     if not 1 <= len(prompts) <= limits.max_prompts:
         raise ApiError(400, f"prompt must hold 1 to {limits.max_prompts} strings, got {len(prompts)}", param="prompt")
     for prompt in prompts:
@@ -248,14 +163,141 @@ def _prompts(prompt, limits: Limits) -> list[str]:
     return prompts
 
 
-def _stops(stop, limits: Limits) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(item, str) for item in stops):
-        raise ApiError(400, "stop must be a string or a list of strings", param="stop")
+def _stops(field: Field, value, limits: Limits) -> tuple[str, ...]:
+    stops = _strings("stop", value, "stop must be a string or a list of strings")
     if len(stops) > limits.max_stops:
         raise ApiError(400, f"stop holds at most {limits.max_stops} strings, got {len(stops)}", param="stop")
     if not all(1 <= len(item) <= limits.max_stop_chars for item in stops):
         raise ApiError(400, f"each stop string must have 1 to {limits.max_stop_chars} characters", param="stop")
     return tuple(stops)
+
+
+def _stream_options(field: Field, value, limits: Limits) -> bool:
+    """``{"include_usage": true|false}``: whether a stream ends with a chunk holding ``usage``."""
+    if not isinstance(value, dict) or set(value) - {"include_usage"}:
+        raise ApiError(400, 'stream_options must be {"include_usage": true|false}', param="stream_options")
+    if not isinstance(value.get("include_usage", False), bool):
+        raise ApiError(400, "stream_options.include_usage must be true or false", param="stream_options")
+    return value.get("include_usage", False)
+
+
+FIELDS = (
+    Field("model", _string),  # a name other than the model's is a 404, checked before the table is walked
+    Field("prompt", _prompts, unset=()),
+    Field("max_tokens", _integer, 16, 1, "max_tokens"),
+    Field("temperature", _number, 1.0, 0.0, 1000.0, sampling=True),
+    Field("top_p", _number, 1.0, 0.0, 1.0, low_open=True, sampling=True),
+    Field("top_k", _integer, None, 1, 1 << 30, unset=(None, -1), sampling=True),
+    Field("greedy", _boolean, False, sampling=True),
+    Field("n", _integer, 1, 1, "max_n"),
+    Field("best_of", _as_given),  # OpenAI's: accepted when it equals n
+    Field("stop", _stops, ()),
+    Field("seed", _integer, None, 0, 2**63 - 1),
+    Field("stream", _boolean, False),
+    Field("stream_options", _stream_options, False),
+    Field("beam", _integer, 1, 1, "max_beam"),
+    Field("user", _string),  # OpenAI's end-user id: ignored
+    # OpenAI fields textrnn does not implement: accepted at the values that mean "off", refused otherwise.
+    Field("echo", _unsupported, unset=(None, False)),
+    Field("logprobs", _unsupported, unset=(None, 0)),
+    Field("presence_penalty", _unsupported, unset=(None, 0, 0.0)),
+    Field("frequency_penalty", _unsupported, unset=(None, 0, 0.0)),
+    Field("logit_bias", _unsupported, unset=(None, {})),
+    Field("suffix", _unsupported, unset=(None, "")),
+)
+_NAMES = {field.name for field in FIELDS}
+_TAKEN = ", ".join(sorted(field.name for field in FIELDS if field.check is not _unsupported))
+_SAMPLING = [field for field in FIELDS if field.sampling]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_request(body: bytes, model_name: str, tokenizer, limits: Limits) -> CompletionRequest:
+    """Check a completions request: the JSON object, the model's name (404 if another), each field of
+    ``FIELDS``, then the rules that join fields; any problem is an ``ApiError`` naming the field."""
+    data = _json_object(body)
+    unknown = sorted(set(data) - _NAMES)
+    if unknown:
+        raise ApiError(400, f"unknown field {_shown(unknown[0])}; textrnn takes {_TAKEN}", param=unknown[0])
+    model = data.get("model")
+    if isinstance(model, str) and model != model_name:
+        raise ApiError(
+            404,
+            f"the model {_shown(model)} does not exist; this server has {model_name!r} (GET /v1/models)",
+            "not_found_error",
+            "model",
+        )
+    values = {field.name: field.read(data, limits) for field in FIELDS}
+    _check_together(values, limits)
+    return CompletionRequest(
+        prompts=values["prompt"],
+        prompt_ids=_encode(values["prompt"], tokenizer),
+        max_tokens=values["max_tokens"],
+        temperature=values["temperature"],
+        top_p=values["top_p"],
+        top_k=values["top_k"],
+        greedy=values["greedy"] or values["temperature"] == 0.0,  # temperature 0: the most likely, as in OpenAI's
+        n=values["n"],
+        stop=values["stop"],
+        seed=values["seed"],
+        stream=values["stream"],
+        include_usage=values["stream_options"],
+        beam=values["beam"],
+    )
+
+
+def _check_together(values: dict, limits: Limits) -> None:
+    """The rules that join fields, on the values of ``FIELDS`` already checked one by one."""
+    n, beam, temperature = values["n"], values["beam"], values["temperature"]
+    if not values["greedy"] and 0.0 < temperature < 1e-3:
+        raise ApiError(400, "temperature must be 0 (greedy) or at least 0.001", param="temperature")
+    if values["best_of"] is not None and values["best_of"] != n:
+        raise ApiError(400, "best_of is not supported by textrnn (use beam for the most likely text)", param="best_of")
+    if len(values["prompt"]) * n > limits.max_n:
+        raise ApiError(400, f"{len(values['prompt'])} prompts x n={n} is more than {limits.max_n} choices", param="n")
+    if beam > 1 and any(values[field.name] != field.default for field in _SAMPLING):
+        names = [field.name for field in _SAMPLING]
+        raise ApiError(400, f"beam search takes no {', '.join(names[:-1])} or {names[-1]}", param="beam")
+    if beam > 1 and n > beam:
+        raise ApiError(400, f"n={n} is more than beam={beam}", param="n")
+
+
+def _encode(prompts: list[str], tokenizer) -> list[list[int]]:
+    """Each prompt's token ids; a character the vocabulary lacks, or nothing left, is an ``ApiError``."""
+    ids = []
+    for index, prompt in enumerate(prompts):
+        where = "prompt" if len(prompts) == 1 else f"prompt {index}"
+        unknown = tokenizer.unknown_characters(prompt)
+        if unknown:
+            raise ApiError(
+                400,
+                f"{where} has characters the model's vocabulary lacks: {_shown(''.join(unknown)[:40])} "
+                "(after the model's normalization); remove or replace them",
+                param="prompt",
+            )
+        encoded = [int(i) for i in tokenizer.encode(prompt)]
+        if not encoded:
+            raise ApiError(400, f"{where} is empty after the model's normalization", param="prompt")
+        ids.append(encoded)
+    return ids
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise ApiError(400, f"the body is not valid JSON ({str(error)[:120]})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
