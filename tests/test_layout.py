@@ -95,3 +95,13 @@ def test_no_module_imports_one_that_imports_it_back():
         if module not in done:
             visit(module, [module])
     assert not cycles, "\n".join(cycles)
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            # from the def line: a command's option decorators are data, not code
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= MAX_LINES:
+                long.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, f"functions over {MAX_LINES} lines:\n" + "\n".join(long)
