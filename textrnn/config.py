@@ -12,12 +12,14 @@ import math
 from dataclasses import dataclass
 
 from textrnn.errors import TextrnnError
-from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend, check_regularizers
+from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend, check_minimal, check_regularizers
+from textrnn.nn.minimal import BLOCKS, MINIMAL_CELLS
 from textrnn.nn.regularize import check_probability
 from textrnn.text.splits import TextSource
 from textrnn.timeseries.features import CALENDARS
 
 TASKS = ("causal", "infill")
+DEFAULT_WEIGHT_DROP = 0.2
 DEFAULT_EPOCHS = 40
 DEFAULT_SECONDS = 290.0
 LIMITS = ("epochs", "max_steps", "max_seconds")
@@ -103,6 +105,21 @@ def _check_encoder(config) -> None:
     _require(config.backend in BACKENDS, f"unknown backend {config.backend!r}: choose one of {', '.join(BACKENDS)}")
     check_backend(config.cell, config.backend, config.transition_depth, zoneout)
     _require(config.transition_depth <= 100, f"--transition-depth must be at most 100, got {config.transition_depth}")
+    # an infill model reads the text backwards with a second, forward-only stack (see lm.model.CharLM)
+    separate_directions = getattr(config, "task", "causal") == "infill"
+    check_minimal(config.cell, getattr(config, "weight_drop", 0.0), config.bidirectional and not separate_directions)
+
+
+def _check_shapes(config) -> None:
+    """The cell-specific shapes of a language model: the Mogrifier's rounds, the minimal cells' block."""
+    _require(0 <= config.mogrify_rounds <= 100, f"--mogrify-rounds must be in [0, 100], got {config.mogrify_rounds}")
+    _require(0 <= config.mogrify_rank <= 100_000, f"--mogrify-rank must be in [0, 100000], got {config.mogrify_rank}")
+    _require(config.block in BLOCKS, f"unknown --block {config.block!r}: choose one of {', '.join(BLOCKS)}")
+    _require(0 <= config.conv_kernel <= 64, f"--conv-kernel must be in [0, 64], got {config.conv_kernel}")
+    _require(
+        not (config.block == "plain" and config.conv_kernel),
+        "--conv-kernel adds a causal convolution to the residual block: use --block residual or --conv-kernel 0",
+    )
 
 
 @dataclass(frozen=True)
@@ -122,16 +139,24 @@ class ModelConfig:
     output_depth: int = 1
     task: str = "causal"
     # Regularizers of the AWD-LSTM family (textrnn.nn.regularize); 0 / False: off, as in runs made before them.
-    weight_drop: float = 0.2  # DropConnect on the recurrent matrices W_hh, one mask per batch
+    # DropConnect on the recurrent matrices W_hh, one mask per batch. None: 0.2, or 0 for the cells without W_hh
+    weight_drop: float | None = None
     dropout_embedding: float = 0.1  # locked dropout (one mask per row over time) on the embedding output
     dropout_layers: float = 0.2  # locked dropout between layers
     dropout_output: float = 0.3  # locked dropout on the last layer's outputs, before the head
     embedding_dropout: float = 0.0  # whole rows of the embedding matrix (characters) dropped
     tie_weights: bool = False  # the head's matrix is the embedding matrix (a projection when the widths differ)
     zoneout: float = 0.0  # zoneout on h and c (scratch cells)
+    mogrify_rounds: int = 5  # mogrifier: rounds in which the input and the state gate each other
+    mogrify_rank: int = 0  # mogrifier: the rank of the round matrices (0: full rank)
+    block: str = "residual"  # mingru, minlstm: "plain" stack or pre-norm "residual" blocks (textrnn.nn.minimal)
+    conv_kernel: int = 0  # mingru, minlstm: a causal depthwise convolution of this width in each block (0: none)
 
     def __post_init__(self) -> None:
+        if self.weight_drop is None:
+            object.__setattr__(self, "weight_drop", 0.0 if self.cell in MINIMAL_CELLS else DEFAULT_WEIGHT_DROP)
         check_regularizers(self.weight_drop, self.dropout_layers, self.zoneout)
+        _check_shapes(self)
         for name in ("dropout_embedding", "dropout_output", "embedding_dropout"):
             check_probability(getattr(self, name), "--" + name.replace("_", "-"))
         _check_encoder(self)

@@ -32,6 +32,8 @@ from textrnn.config import (
     ModelConfig,
     TrainConfig,
 )
+from textrnn.errors import TextrnnError
+from textrnn.lm.dynamic import DynamicConfig
 from textrnn.tables import columns, number
 
 training_options = functools.partial(options.training_options, (ModelConfig, TrainConfig), options.LANGUAGE_MODEL_WORDS)
@@ -296,30 +298,63 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
 @click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache directory for built-in corpora."
 )
+@click.option(
+    "--dynamic",
+    is_flag=True,
+    help="Also score with dynamic evaluation (Krause et al. 2018): each segment is scored, then the model takes a "
+    "gradient step on it, so it adapts to the text as it reads. The figures are printed beside the static ones.",
+)
+@click.option("--dynamic-lr", type=float, help=f"With --dynamic: the step size.  [default: {DynamicConfig.lr}]")
+@click.option(
+    "--dynamic-decay",
+    type=float,
+    help=f"With --dynamic: the pull back towards the trained weights.  [default: {DynamicConfig.decay}]",
+)
+@click.option(
+    "--dynamic-segment",
+    type=int,
+    help=f"With --dynamic: tokens scored before each step.  [default: {DynamicConfig.segment}]",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's choice]")
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
-def evaluate(checkpoint, weights, split, text_file, data_dir, device, json_output):
+def evaluate(checkpoint, weights, split, text_file, data_dir, device, threads, json_output, dynamic, **dynamic_options):
     """Cross-entropy, perplexity and bits per character, with the state carried through the whole text."""
-    from textrnn.lm.evaluate import evaluate_split, evaluate_text
+    from textrnn.lm.evaluate import evaluate_split, evaluate_text, run_splits
     from textrnn.lm.model import load_run
     from textrnn.train.distributed import resolve_device
 
+    settings = {key.removeprefix("dynamic_"): value for key, value in dynamic_options.items() if value is not None}
+    if settings and not dynamic:
+        raise TextrnnError("--dynamic-lr, --dynamic-decay and --dynamic-segment set dynamic evaluation: add --dynamic")
+    dynamic_config = DynamicConfig(**settings) if dynamic else None
+    set_threads(threads)
     model, tokenizer, config = load_run(checkpoint, weights, resolve_device(device))
     if text_file is not None:
-        result = evaluate_text(model, tokenizer, text_file, window=config["train"]["num_steps"])
+        train_tokens = run_splits(tokenizer, config, data_dir)["train"] if dynamic else None
+        window = config["train"]["num_steps"]
+        result = evaluate_text(model, tokenizer, text_file, window, dynamic_config, train_tokens)
         source = str(text_file)
     else:
-        result = evaluate_split(model, tokenizer, config, split, data_dir)
+        result = evaluate_split(model, tokenizer, config, split, data_dir, dynamic_config)
         source = f"{config['data']['corpus']} {split} split"
     if json_output:
         click.echo(json.dumps(json_safe(result), allow_nan=False))
-    else:
-        kind = "infill " if model.config.task == "infill" else ""
+        return
+    kind = "infill " if model.config.task == "infill" else ""
+    click.echo(
+        f"{source} ({config['run_dir']}, {config['weights']} weights): {kind}perplexity {result['perplexity']:.4f}, "
+        f"{result['bits_per_char']:.4f} bits/char, cross-entropy {result['cross_entropy']:.4f} nats "
+        f"over {result['tokens']:,} tokens ({result['unknown_tokens']:,} unknown)"
+    )
+    if dynamic:
+        figures = result["dynamic"]
+        change = 100 * (figures["bits_per_char"] / result["bits_per_char"] - 1)
         click.echo(
-            f"{source} ({config['run_dir']}, {config['weights']} weights): {kind}perplexity {result['perplexity']:.4f}, "
-            f"{result['bits_per_char']:.4f} bits/char, cross-entropy {result['cross_entropy']:.4f} nats "
-            f"over {result['tokens']:,} tokens ({result['unknown_tokens']:,} unknown)"
+            f"dynamic evaluation (lr {figures['lr']:g}, decay {figures['decay']:g}, segments of "
+            f"{figures['segment']}): perplexity {figures['perplexity']:.4f}, {figures['bits_per_char']:.4f} bits/char "
+            f"({change:+.1f}%)"
         )
 
 

@@ -19,6 +19,7 @@ from textrnn.config import (
     BACKENDS,
     CELLS,
     CUDA_GRAPHS,
+    DEFAULT_WEIGHT_DROP,
     DEVICES,
     FORECAST_LOSSES,
     OPTIMIZERS,
@@ -27,6 +28,7 @@ from textrnn.config import (
     SCHEDULES,
     TASKS,
 )
+from textrnn.nn.minimal import BLOCKS
 from textrnn.text.tokenizer import NORMALIZATIONS, TOKENIZERS
 from textrnn.timeseries.features import CALENDARS
 
@@ -156,7 +158,11 @@ LANGUAGE_MODEL: list[Option] = [
     (("--output-depth",), {"type": int, "help": "Layers between the recurrent state and the head (DO-RNN)."}),
     (
         ("--weight-drop",),
-        {"type": float, "help": "DropConnect on the recurrent matrices W_hh, one mask per batch (AWD-LSTM)."},
+        {
+            "type": float,
+            "help": "DropConnect on the recurrent matrices W_hh, one mask per batch (AWD-LSTM).",
+            "default_text": f"{DEFAULT_WEIGHT_DROP}; 0 for mingru and minlstm, which have no W_hh",
+        },
     ),
     (
         ("--dropout-embedding",),
@@ -200,6 +206,29 @@ LANGUAGE_MODEL: list[Option] = [
         },
     ),
     (("--num-steps",), {"type": int, "help": "Time steps per batch (truncated BPTT length)."}),
+    (
+        ("--mogrify-rounds",),
+        {"type": int, "help": "With --cell mogrifier: rounds in which the input and the state gate each other."},
+    ),
+    (
+        ("--mogrify-rank",),
+        {"type": int, "help": "With --cell mogrifier: the rank of the round matrices (0: full rank)."},
+    ),
+    (
+        ("--block",),
+        {
+            "type": click.Choice(BLOCKS),
+            "help": "With --cell mingru or minlstm: layers stacked plain, or pre-norm residual blocks with an MLP.",
+        },
+    ),
+    (
+        ("--conv-kernel",),
+        {
+            "type": int,
+            "help": "With --cell mingru or minlstm and --block residual: a causal depthwise convolution of this "
+            "width in each block (0: none).",
+        },
+    ),
 ]
 
 LANGUAGE_MODEL_WORDS = {

@@ -81,33 +81,52 @@ def perplexity(
     return result
 
 
-def evaluate_text(model, tokenizer, path, window: int = 256) -> dict:
-    """Exact metrics on a UTF-8 text file (normalized as the model's training text was)."""
+def evaluate_text(model, tokenizer, path, window: int = 256, dynamic=None, train_tokens=None) -> dict:
+    """Exact metrics on a UTF-8 text file (normalized as the model's training text was); with ``dynamic`` (a
+    ``lm.dynamic.DynamicConfig``) also dynamic evaluation's, its gradient statistics read from ``train_tokens``."""
     from textrnn.errors import TextrnnError
     from textrnn.text.corpus import read_text
 
     ids = tokenizer.encode_compact(read_text(path))
     if len(ids) < 2:
         raise TextrnnError(f"{path} has {len(ids)} tokens after normalization: evaluation needs at least two")
-    device = next(model.parameters()).device
-    characters = tokenizer.count_characters(ids[1:])
-    return perplexity(model, torch.as_tensor(ids, device=device), tokenizer.unk_id, window, characters)
+    return _evaluate(model, tokenizer, ids, window, dynamic, train_tokens)
 
 
-def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None) -> dict:
-    """Exact metrics on one split of the corpus a run was trained on (checked by its sha1)."""
+def run_splits(tokenizer, run_config: dict, data_dir=None) -> dict:
+    """The train / val / test token arrays of the corpus a run was trained on (checked by its sha1)."""
     from textrnn.checkpoint import train_config_of
     from textrnn.errors import TextrnnError
     from textrnn.text.splits import load_splits
 
-    train_config = train_config_of(run_config)
-    _, splits, data = load_splits(train_config, data_dir, tokenizer)
+    _, splits, data = load_splits(train_config_of(run_config), data_dir, tokenizer)
     if data["sha1"] != run_config["data"]["sha1"]:
         raise TextrnnError(
-            f"{data['path']} is not the text this run was trained on (sha1 differs), so its {split} split is not "
+            f"{data['path']} is not the text this run was trained on (sha1 differs), so its splits are not "
             "the same text: evaluate a file with --text-file instead"
         )
+    return splits
+
+
+def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None, dynamic=None) -> dict:
+    """Exact metrics on one split of the corpus a run was trained on; with ``dynamic``, dynamic evaluation's too
+    (its gradient statistics from the training split)."""
+    splits = run_splits(tokenizer, run_config, data_dir)
+    window = run_config["train"]["num_steps"]
+    return _evaluate(model, tokenizer, splits[split], window, dynamic, splits["train"])
+
+
+def _evaluate(model, tokenizer, ids, window: int, dynamic, train_tokens) -> dict:
+    """``perplexity`` of the ids, and with ``dynamic`` the ``dynamic`` figures beside it."""
     device = next(model.parameters()).device
-    tokens = torch.as_tensor(splits[split], device=device)
-    characters = tokenizer.count_characters(splits[split][1:])
-    return perplexity(model, tokens, tokenizer.unk_id, train_config.num_steps, characters)
+    tokens = torch.as_tensor(ids, device=device)
+    characters = tokenizer.count_characters(ids[1:])
+    result = perplexity(model, tokens, tokenizer.unk_id, window, characters)
+    if dynamic is not None:
+        from textrnn.lm.dynamic import dynamic_sum
+
+        nats, count = dynamic_sum(model, tokens, torch.as_tensor(train_tokens, device=device), dynamic)
+        figures = metrics_from_sum(nats, count, characters)
+        settings = {"lr": dynamic.lr, "decay": dynamic.decay, "segment": dynamic.segment}
+        result["dynamic"] = {key: figures[key] for key in ("cross_entropy", "perplexity", "bits_per_char")} | settings
+    return result

@@ -69,6 +69,10 @@ class CharLM(nn.Module):
             weight_drop=config.weight_drop,
             locked_dropout=config.dropout_layers,
             zoneout=config.zoneout,
+            mogrify_rounds=config.mogrify_rounds,
+            mogrify_rank=config.mogrify_rank,
+            block=config.block,
+            conv_kernel=config.conv_kernel,
         )
         layers = (config.cell, input_size, config.hidden_size, config.num_layers, config.dropout)
         if config.task == "infill":

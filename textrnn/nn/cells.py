@@ -663,3 +663,69 @@ def layernorm_gru_layer(
         hidden = zoneout_update(hidden, new, keep, step)
         outputs[step] = hidden
     return torch.stack(outputs), hidden
+
+
+# The Mogrifier LSTM (Melis, Kocisky and Blunsom 2020, "Mogrifier LSTM"): autograd only.
+
+Factor = Tensor | tuple[Tensor, Tensor]
+"""One mogrifier round's matrix (out, in), or its low-rank factors ``(left (out, k), right (k, in))``."""
+
+
+def _times(factor: Factor, values: Tensor) -> Tensor:
+    """``values`` (B, in) times the round's matrix -> (B, out)."""
+    if isinstance(factor, Tensor):
+        return F.linear(values, factor)
+    left, right = factor
+    return F.linear(F.linear(values, right), left)
+
+
+def mogrify(inputs: Tensor, hidden: Tensor, factors: Sequence[Factor]) -> tuple[Tensor, Tensor]:
+    """The rounds in which the input and the state gate each other before the LSTM step::
+
+        round 1, 3, ...:  x = 2 * sigmoid(Q_i h) * x        round 2, 4, ...:  h = 2 * sigmoid(R_i x) * h
+
+    ``inputs`` (B, I), ``hidden`` (B, H); ``factors`` alternate Q (I, H) and R (H, I). No rounds: unchanged.
+    """
+    for index, factor in enumerate(factors):
+        if index % 2 == 0:
+            inputs = 2 * torch.sigmoid(_times(factor, hidden)) * inputs
+        else:
+            hidden = 2 * torch.sigmoid(_times(factor, inputs)) * hidden
+    return inputs, hidden
+
+
+def mogrifier_lstm_layer(
+    inputs: Tensor,
+    state: tuple[Tensor, Tensor],
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    factors: Sequence[Factor],
+    *,
+    transition: Transition = (),
+    reverse: bool = False,
+    zoneout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Mogrifier LSTM layer over ``inputs`` (T, B, I) from ``(h, c)`` (B, H) each -> outputs (T, B, H), ``(h, c)``.
+
+    Each step mogrifies ``x_t`` and ``h_{t-1}`` (``mogrify``), then runs torch's LSTM step on them; the input
+    projection cannot be done for all steps at once, since ``x_t`` changes with ``h_{t-1}``. With no
+    ``factors`` it is the plain LSTM.
+    """
+    hidden, cell = state
+    bias = _sum_biases(bias_ih, bias_hh)
+    weight_hh_t = weight_hh.t()
+    steps = inputs.unbind(0)
+    keep_hidden = zoneout_keep(hidden, len(steps), zoneout, training)
+    keep_cell = zoneout_keep(cell, len(steps), zoneout, training)
+    outputs: list[Tensor] = [hidden] * len(steps)
+    for step in _time_order(len(steps), reverse):
+        x, recurrent = mogrify(steps[step], deep_transition(hidden, transition), factors)
+        projected = F.linear(x, weight_ih, bias)
+        new_hidden, new_cell = lstm_step(projected, recurrent, cell, weight_hh_t, None)
+        hidden = zoneout_update(hidden, new_hidden, keep_hidden, step)
+        cell = zoneout_update(cell, new_cell, keep_cell, step)
+        outputs[step] = hidden
+    return torch.stack(outputs), (hidden, cell)

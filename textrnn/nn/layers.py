@@ -42,12 +42,23 @@ from torch.nn.utils.rnn import PackedSequence
 
 from textrnn.errors import TextrnnError
 from textrnn.nn import cells
+from textrnn.nn.minimal import MINIMAL_CELLS, MinimalRNN
 from textrnn.nn.regularize import check_probability, drop_connect, locked_mask
 
-CELLS = ("gru", "lstm", "rnn_tanh", "rnn_relu", "peephole_lstm", "layernorm_lstm", "layernorm_gru")
+CELLS = (
+    "gru",
+    "lstm",
+    "rnn_tanh",
+    "rnn_relu",
+    "peephole_lstm",
+    "layernorm_lstm",
+    "layernorm_gru",
+    "mogrifier",
+    *MINIMAL_CELLS,
+)
 BACKENDS = ("fused", "scratch")
-SCRATCH_ONLY_CELLS = ("peephole_lstm", "layernorm_lstm", "layernorm_gru")
-LSTM_CELLS = ("lstm", "peephole_lstm", "layernorm_lstm")
+SCRATCH_ONLY_CELLS = ("peephole_lstm", "layernorm_lstm", "layernorm_gru", "mogrifier", *MINIMAL_CELLS)
+LSTM_CELLS = ("lstm", "peephole_lstm", "layernorm_lstm", "mogrifier")
 """The cells whose state is a pair ``(h, c)``."""
 
 
@@ -67,6 +78,24 @@ def check_backend(cell: str, backend: str, transition_depth: int = 1, zoneout: f
     check_probability(zoneout, "--zoneout")
     if backend == "fused" and zoneout > 0:
         raise TextrnnError(f"zoneout (--zoneout {zoneout}) exists only in scratch form: use --backend scratch")
+    if cell in MINIMAL_CELLS and (transition_depth > 1 or zoneout > 0):
+        raise TextrnnError(
+            f"the {cell} cell has no recurrent matrix for a deep transition or zoneout: "
+            "drop --transition-depth and --zoneout"
+        )
+
+
+def check_minimal(cell: str, weight_drop: float, bidirectional: bool) -> None:
+    """Refuse what minGRU and minLSTM cannot do, naming the fix."""
+    if cell not in MINIMAL_CELLS:
+        return
+    if weight_drop > 0:
+        raise TextrnnError(
+            f"--weight-drop drops entries of the recurrent matrices, which the {cell} cell does not have: "
+            "use --weight-drop 0 (locked dropout between and after the layers still applies)"
+        )
+    if bidirectional:
+        raise TextrnnError(f"the {cell} cell runs forward only: drop --bidirectional")
 
 
 def check_regularizers(weight_drop: float = 0.0, locked_dropout: float = 0.0, zoneout: float = 0.0) -> None:
@@ -138,6 +167,7 @@ class _BackendChoice:
         zoneout: float = 0.0,
         peephole: bool = False,
         layernorm: bool = False,
+        mogrify: tuple[int, int] = (0, 0),
     ) -> None:
         check_backend(cell, backend, transition_depth, zoneout)
         check_regularizers(weight_drop, locked_dropout, zoneout)
@@ -164,6 +194,7 @@ class _BackendChoice:
                     added += list(zip(names, shapes))
                 if peephole:
                     added.append((f"weight_peephole_l{layer}{suffix}", (3 * self.hidden_size,)))
+                added += self._mogrifier_shapes(layer, suffix, *mogrify)
                 if layernorm:
                     normalization.append((f"weight_layernorm_ih_l{layer}{suffix}", (gate_width,), 1.0))
                     normalization.append((f"weight_layernorm_hh_l{layer}{suffix}", (gate_width,), 1.0))
@@ -178,6 +209,32 @@ class _BackendChoice:
         # Layer normalization starts as the identity map: gains 1, shifts 0 (as torch.nn.LayerNorm).
         for name, shape, value in normalization:
             self.register_parameter(name, nn.Parameter(torch.full(shape, value, **factory)))
+
+    def _mogrifier_shapes(self, layer: int, suffix: str, rounds: int, rank: int) -> list[tuple[str, tuple]]:
+        """Names and shapes of a Mogrifier layer's round matrices: Q (I, H) for rounds 1, 3, ..., R (H, I) for
+        2, 4, ...; with ``rank`` k > 0 each is two factors, ``_left`` (out, k) and ``_right`` (k, in)."""
+        width = self.input_size if layer == 0 else self.hidden_size * (2 if self.bidirectional else 1)
+        shapes = []
+        for index in range(rounds):
+            out, into = (width, self.hidden_size) if index % 2 == 0 else (self.hidden_size, width)
+            name = f"weight_mogrify{index}"
+            if rank:
+                shapes += [
+                    (f"{name}_left_l{layer}{suffix}", (out, rank)),
+                    (f"{name}_right_l{layer}{suffix}", (rank, into)),
+                ]
+            else:
+                shapes.append((f"{name}_l{layer}{suffix}", (out, into)))
+        return shapes
+
+    def _mogrifier_factor(self, index: int, suffix: str):
+        """Round ``index``'s matrix, or its ``(left, right)`` low-rank factors."""
+        full = getattr(self, f"weight_mogrify{index}{suffix}", None)
+        if full is not None:
+            return full
+        return getattr(self, f"weight_mogrify{index}_left{suffix}"), getattr(
+            self, f"weight_mogrify{index}_right{suffix}"
+        )
 
     def forward(self, x, state=None):
         """``x`` (T, B, I), or (B, T, I) when batch_first -> ``(out, state)`` with torch.nn's shapes and meaning."""
@@ -455,6 +512,9 @@ class _BackendChoice:
             return cells.layernorm_lstm_layer(
                 inputs, (hidden, cell), *weights, *biases, *gains, *cell_normalization, **options
             )
+        if self.cell == "mogrifier":
+            factors = [self._mogrifier_factor(index, suffix) for index in range(self.mogrify_rounds)]
+            return cells.mogrifier_lstm_layer(inputs, (hidden, cell), *weights, *biases, factors, **options)
         if self.cell == "peephole_lstm":
             options["peephole"] = getattr(self, "weight_peephole" + suffix)
         elif self.proj_size > 0:
@@ -549,12 +609,41 @@ class LayerNormGRU(GRU):
     _variant = {"layernorm": True}
 
 
+class MogrifierLSTM(LSTM):
+    """Mogrifier LSTM (Melis, Kocisky and Blunsom 2020; scratch only; see ``textrnn.nn.cells.mogrify``).
+
+    Before each step, the input and the previous state gate each other for ``mogrify_rounds`` rounds
+    (``x = 2 sigmoid(Q h) * x``, then ``h = 2 sigmoid(R x) * h``, ...), then the plain LSTM step runs on them:
+    with no rounds it is the LSTM. The parameters are the LSTM's plus, per layer and direction and round
+    ``i``, ``weight_mogrify{i}_l{k}`` (Q: (I, H), R: (H, I)), or with ``mogrify_rank`` k > 0 the low-rank factors
+    ``weight_mogrify{i}_left_l{k}`` and ``weight_mogrify{i}_right_l{k}``.
+    """
+
+    __doc__ += _REGULARIZER_DOC
+
+    _scratch_cell = "mogrifier"
+
+    def __init__(self, *args, mogrify_rounds: int = 5, mogrify_rank: int = 0, **kwargs) -> None:
+        if mogrify_rounds < 0 or mogrify_rank < 0:
+            raise TextrnnError(
+                f"--mogrify-rounds and --mogrify-rank must be non-negative, got {mogrify_rounds} and {mogrify_rank}"
+            )
+        object.__setattr__(self, "_variant", {"mogrify": (mogrify_rounds, mogrify_rank)})
+        object.__setattr__(self, "mogrify_rounds", mogrify_rounds)
+        object.__setattr__(self, "mogrify_rank", mogrify_rank)
+        super().__init__(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mogrify_rounds={self.mogrify_rounds}, mogrify_rank={self.mogrify_rank}"
+
+
 _ENCODER_CLASSES = {
     "gru": GRU,
     "lstm": LSTM,
     "peephole_lstm": PeepholeLSTM,
     "layernorm_lstm": LayerNormLSTM,
     "layernorm_gru": LayerNormGRU,
+    "mogrifier": MogrifierLSTM,
 }
 
 
@@ -571,19 +660,28 @@ def make_encoder(
     weight_drop: float = 0.0,
     locked_dropout: float = 0.0,
     zoneout: float = 0.0,
+    mogrify_rounds: int = 5,
+    mogrify_rank: int = 0,
+    block: str = "residual",
+    conv_kernel: int = 0,
 ) -> nn.Module:
     """The batch-first encoder of the models: ``(B, T, input_size) -> (B, T, D * H)`` and the state.
 
     ``dropout`` (torch's, a new mask per step) and ``locked_dropout`` (one mask per row
     shared over time) apply between layers only (none with one layer); ``weight_drop``
-    drops entries of every ``W_hh``; ``zoneout`` needs the scratch backend. Raises
-    ``TextrnnError`` for an unknown cell or backend, rates outside [0, 1) and variants
-    the fused backend does not have.
+    drops entries of every ``W_hh``; ``zoneout`` needs the scratch backend. ``mogrify_*`` shape the
+    Mogrifier LSTM, ``block`` and ``conv_kernel`` the minGRU / minLSTM stacks (``textrnn.nn.minimal``).
+    Raises ``TextrnnError`` for an unknown cell or backend, rates outside [0, 1) and variants
+    the chosen backend or cell does not have.
     """
     if cell not in CELLS:
         raise TextrnnError(f"unknown cell {cell!r}: choose one of {', '.join(CELLS)}")
     check_backend(cell, backend, transition_depth, zoneout)
     check_regularizers(weight_drop, locked_dropout, zoneout)
+    check_minimal(cell, weight_drop, bidirectional)
+    if cell in MINIMAL_CELLS:
+        between = {"dropout": dropout if num_layers > 1 else 0.0, "locked_dropout": locked_dropout}
+        return MinimalRNN(cell, input_size, hidden_size, num_layers, block=block, conv_kernel=conv_kernel, **between)
     options = {
         "num_layers": num_layers,
         "batch_first": True,
@@ -595,6 +693,8 @@ def make_encoder(
         "locked_dropout": locked_dropout if num_layers > 1 else 0.0,
         "zoneout": zoneout,
     }
+    if cell == "mogrifier":
+        options.update(mogrify_rounds=mogrify_rounds, mogrify_rank=mogrify_rank)
     if cell in _ENCODER_CLASSES:
         return _ENCODER_CLASSES[cell](input_size, hidden_size, **options)
     return RNN(input_size, hidden_size, nonlinearity=cell.removeprefix("rnn_"), **options)
