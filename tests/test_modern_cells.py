@@ -18,7 +18,7 @@ from textrnn.lm.model import CharLM
 from textrnn.lm.task import train
 from textrnn.nn import LSTM, MogrifierLSTM, make_encoder
 from textrnn.nn.cells import mogrify
-from textrnn.nn.minimal import MinimalLayer, MinimalRNN, g, log_g, log_scan
+from textrnn.nn.minimal import MinimalLayer, MinimalRNN, g, linear_scan, log_g, log_scan
 
 from conftest import TINY_CLI, TINY_MODEL, TINY_TRAIN
 
@@ -61,6 +61,17 @@ def test_the_scan_follows_the_equations(cell, initial):
     expected = naive_recurrence(cell, layer, x, h0)
     torch.testing.assert_close(out, expected.to(out.dtype), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(last, out[:, -1])
+
+
+def test_the_cpu_scan_is_the_log_space_scan_and_passes_gradcheck():
+    torch.manual_seed(0)
+    a = (torch.rand(2, 300, 3, dtype=torch.float64) * 0.98 + 0.01).requires_grad_()
+    b = torch.rand(2, 300, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.rand(2, 3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(linear_scan(a, b, h0), log_scan(a.log(), b.log(), h0))
+    torch.testing.assert_close(linear_scan(a, b, None), log_scan(a.log(), b.log(), None))
+    short = [tensor.detach()[:, :7].clone().requires_grad_() for tensor in (a, b)]
+    assert torch.autograd.gradcheck(linear_scan, (*short, h0))
 
 
 def test_the_scan_stays_finite_and_exact_over_long_chunks():

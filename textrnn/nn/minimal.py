@@ -8,11 +8,15 @@ space, ``g(x) = x + 0.5`` for x >= 0 and ``sigmoid(x)`` below)::
     minLSTM:  f = sigmoid(W_f x)   i = sigmoid(W_i x)   h~ = g(W_h x)
               f' = f / (f + i)     i' = i / (f + i)      h_t = f' * h_{t-1} + i' * h~
 
-Both are ``h_t = a_t * h_{t-1} + b_t`` with positive ``a`` and ``b`` known for every step in advance, so
-``log_scan`` computes the whole chunk at once with a cumulative sum and ``logcumsumexp`` (the log-space scan of
-Heinsen 2023), starting from the carried state: one chunk of 2T steps gives what two chunks of T give with the
-state carried between them. ``step`` is the same recurrence one token at a time, in O(1), for sampling and
-serving.
+Both are ``h_t = a_t * h_{t-1} + b_t`` with positive ``a`` and ``b`` known for every step in advance, so no
+matrix product waits on the previous step. ``log_scan`` computes the whole chunk at once with a cumulative sum
+and ``logcumsumexp`` (the log-space parallel scan of Heinsen 2023), starting from the carried state: one chunk
+of 2T steps gives what two chunks of T give with the state carried between them. That is the form for a GPU.
+On a CPU ``linear_scan`` runs the same recurrence as one fused multiply-add per step with a hand-written
+backward pass: torch's ``logcumsumexp`` costs more there than the layer's whole matrix product (on two cores,
+its forward alone takes about 20 ns per element and its backward several times that; see docs/results.md).
+Both are exact and stable in fp32: ``a`` lies in (0, 1). ``step`` is the recurrence one token at a time, in
+O(1), for sampling and serving.
 
 ``MinimalRNN`` stacks these layers in one of two shapes (``block``):
 
@@ -72,6 +76,40 @@ def log_scan(log_a: Tensor, log_b: Tensor, h0: Tensor | None) -> Tensor:
     return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
 
+class _LinearScan(torch.autograd.Function):
+    """``h_t = a_t * h_{t-1} + b_t`` step after step over time-major ``a``, ``b`` (T, B, H) from ``h0`` (B, H),
+    with its backward pass written out: the adjoint ``g_t = dL/dh_t + a_{t+1} g_{t+1}`` runs backwards the same
+    way, and then ``dL/db = g``, ``dL/da = g * h_{t-1}``, ``dL/dh0 = a_1 g_1`` at once."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        out = torch.empty_like(b)
+        h = h0
+        for t in range(b.shape[0]):
+            torch.addcmul(b[t], a[t], h, out=out[t])
+            h = out[t]
+        ctx.save_for_backward(a, out, h0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        a, out, h0 = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        adjoint = torch.empty_like(grad_out)
+        adjoint[-1] = grad_out[-1]
+        for t in range(grad_out.shape[0] - 2, -1, -1):
+            torch.addcmul(grad_out[t], a[t + 1], adjoint[t + 1], out=adjoint[t])
+        previous = torch.cat([h0.unsqueeze(0), out[:-1]])
+        return adjoint * previous, adjoint, a[0] * adjoint[0]
+
+
+def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
+    """``h_t = a_t * h_{t-1} + b_t`` over a chunk, one fused step at a time: ``a``, ``b`` (B, T, H), ``h0`` (B, H)
+    or None (zeros) -> ``h`` (B, T, H). The recurrence ``log_scan`` computes, for a CPU."""
+    h0 = a.new_zeros(a.shape[0], a.shape[2]) if h0 is None else h0.to(a.dtype)
+    return _LinearScan.apply(a.transpose(0, 1).contiguous(), b.transpose(0, 1).contiguous(), h0).transpose(0, 1)
+
+
 class MinimalLayer(nn.Module):
     """One minGRU or minLSTM layer: ``(B, T, I) -> (B, T, H)`` and its final state (B, H).
 
@@ -86,7 +124,7 @@ class MinimalLayer(nn.Module):
         self.cell = cell
         self.projection = nn.Linear(input_size, (2 if cell == "mingru" else 3) * hidden_size)
 
-    def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def log_coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(log a, log b)`` (..., H) of the recurrence for inputs ``x`` (..., I)."""
         if self.cell == "mingru":
             hidden, gate = self.projection(x).chunk(2, dim=-1)
@@ -95,17 +133,31 @@ class MinimalLayer(nn.Module):
         difference = F.softplus(-forget) - F.softplus(-input_gate)
         return -F.softplus(difference), -F.softplus(-difference) + log_g(hidden)
 
+    def coefficients(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a, b)`` (..., H) of the recurrence for inputs ``x`` (..., I), computed directly."""
+        if self.cell == "mingru":
+            hidden, gate = self.projection(x).chunk(2, dim=-1)
+            update = torch.sigmoid(gate)
+            return 1 - update, update * g(hidden)
+        forget, input_gate, hidden = self.projection(x).chunk(3, dim=-1)
+        forget, input_gate = torch.sigmoid(forget), torch.sigmoid(input_gate)
+        total = forget + input_gate
+        return forget / total, input_gate / total * g(hidden)
+
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x`` (B, T, I), ``h0`` (B, H) or None -> outputs (B, T, H), final state (B, H)."""
-        log_a, log_b = self.coefficients(x)
-        h = log_scan(log_a, log_b, h0).to(x.dtype)
+        if x.is_cuda:
+            h = log_scan(*self.log_coefficients(x), h0).to(x.dtype)
+        else:
+            dtype = torch.promote_types(x.dtype, torch.float32)  # the recurrence in fp32 at least
+            a, b = self.coefficients(x)
+            h = linear_scan(a.to(dtype), b.to(dtype), h0).to(x.dtype)
         return h, h[:, -1]
 
     def step(self, x: Tensor, h: Tensor | None = None) -> Tensor:
         """One step: ``x`` (B, I), ``h`` (B, H) or None -> the new ``h`` (B, H), the scan's recurrence in O(1)."""
-        log_a, log_b = self.coefficients(x)
-        new = torch.exp(log_b)
-        return new if h is None else torch.exp(log_a) * h + new
+        a, b = self.coefficients(x)
+        return b if h is None else torch.addcmul(b, a, h)
 
 
 class CausalConvolution(nn.Module):
