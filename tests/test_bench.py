@@ -29,6 +29,27 @@ def test_the_plans_cover_every_cell_and_backend():
     assert configurations == {
         ("gru", "fused"), ("gru", "scratch"), ("lstm", "fused"), ("lstm", "scratch"),
         ("rnn_tanh", "fused"), ("rnn_tanh", "scratch"), ("peephole_lstm", "scratch"),
+        ("mingru", "scratch"), ("minlstm", "scratch"),
     }  # fmt: skip
+    blocks = {(job["cell"], job.get("block")) for job in full if job["kind"] == "textrnn"}
+    assert {("mingru", "plain"), ("mingru", "residual"), ("minlstm", "plain"), ("minlstm", "residual")} <= blocks
     assert {job["megabytes"] for job in full if job["kind"] == "corpus"} == {1, 10, 100}
     assert len(bench.plan(quick=True, device="cpu")) < len(full)
+
+
+def test_a_minimal_cell_is_benchmarked_bare_and_against_the_fused_gru(tmp_path):
+    corpus = str(bench.corpus_file(tmp_path, 30_000))
+    common = {"device": "cpu", "threads": 1, "corpus": corpus, "size": "d2l", "kind": "textrnn",
+              "seconds": 0.2, "paired_seconds": 0.1, "eval_chars": 1_000, "sample_length": 10}  # fmt: skip
+    jobs = [
+        {**common, "cell": "gru", "backend": "fused"},
+        {**common, "cell": "mingru", "backend": "scratch", "block": "plain"},
+    ]
+    results = [{"job": job, "result": bench.worker(job)} for job in jobs]
+    gru, mingru = (item["result"] for item in results)
+    expected = (mingru["train_tokens_per_sec"] / mingru["paired_baseline_train_tokens_per_sec"]) / (
+        gru["train_tokens_per_sec"] / gru["paired_baseline_train_tokens_per_sec"]
+    )
+    text = bench.table(results)
+    assert "textrnn mingru plain scratch, d2l" in text
+    assert f"mingru plain, d2l: {expected:.2f}x the fused GRU's training tokens/s" in text

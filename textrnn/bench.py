@@ -33,7 +33,9 @@ SIZES = {
     "d2l": {"hidden_size": 256, "num_layers": 1, "batch_size": 32, "num_steps": 35},
     "large": {"hidden_size": 1024, "num_layers": 3, "batch_size": 128, "num_steps": 100},
 }
-CELLS = ("gru", "lstm", "rnn_tanh", "peephole_lstm")
+CELLS = ("gru", "lstm", "rnn_tanh", "peephole_lstm", "mingru", "minlstm")
+SCRATCH_ONLY = ("peephole_lstm", "mingru", "minlstm")
+MINIMAL_BLOCKS = ("plain", "residual")  # mingru, minlstm: each layer shape is a row of its own
 STREAMS = (1, 8, 64)  # batched sampling: streams per batch
 SAMPLE_LENGTH = 200
 
@@ -158,12 +160,18 @@ def _textrnn_run(job: dict, device: torch.device) -> dict:
     from textrnn.lm.task import train
 
     size = SIZES[job["size"]]
-    model_config = ModelConfig(
+    extra = {"block": job["block"]} if "block" in job else {}
+    model_config = ModelConfig(  # the bare cell: no regularizer costs time the baseline does not spend
         cell=job["cell"],
         backend=job["backend"],
         hidden_size=size["hidden_size"],
         num_layers=size["num_layers"],
         dropout=0.0,
+        weight_drop=0.0,
+        dropout_embedding=0.0,
+        dropout_layers=0.0,
+        dropout_output=0.0,
+        **extra,
     )
     train_config = TrainConfig(
         corpus=job["corpus"],
@@ -176,6 +184,7 @@ def _textrnn_run(job: dict, device: torch.device) -> dict:
         max_steps=job.get("max_steps"),
         eval_every=10**9,
         warmup_steps=0,
+        average="none",
         device=device.type,
         precision=job.get("precision", "fp32"),
         max_bad_steps=0,
@@ -261,7 +270,8 @@ def _spawn(job: dict) -> dict:
 def plan(quick: bool, device: str) -> list[dict]:
     """The jobs of one run, in order: per size the baseline first, then textrnn's configurations.
 
-    ``quick``: the d2l size, the fused GRU and LSTM (and the LSTM in bf16), 1 and 10 MB corpora.
+    ``quick``: the d2l size, the fused GRU and LSTM (and the LSTM in bf16), minGRU in both layer shapes,
+    1 and 10 MB corpora.
     """
     seconds = 2.0 if quick else 4.0
     jobs = []
@@ -269,21 +279,14 @@ def plan(quick: bool, device: str) -> list[dict]:
         limit = {"seconds": seconds, "paired_seconds": 1.0 if quick else 2.0}
         if quick:
             limit["eval_chars"] = 20_000
-        cells, backends = (("gru", "lstm"), ("fused",)) if quick else (CELLS, ("fused", "scratch"))
+        cells, backends = (("gru", "lstm", "mingru"), ("fused", "scratch")) if quick else (CELLS, ("fused", "scratch"))
         if size == "large" and device == "cpu":
             # A step of 128 x 100 tokens through three layers of 1024 takes seconds on two cores (the
             # baseline's about 17 s): two steps of the fused GRU and LSTM, a short evaluation, no more.
             limit = {"seconds": 0.0, "max_steps": 2, "eval_chars": 2_000, "sample_length": 50}
             cells, backends = ("gru", "lstm"), ("fused",)
         jobs.append({"kind": "baseline", "size": size, "seconds": seconds})
-        for cell in cells:
-            for backend in backends:
-                if cell == "peephole_lstm" and backend == "fused":
-                    continue
-                job = {"kind": "textrnn", "size": size, "cell": cell, "backend": backend, **limit}
-                if size == "d2l":
-                    job["streams"] = STREAMS if (cell, backend) == ("lstm", "fused") else (1,)
-                jobs.append(job)
+        jobs.extend(_cell_jobs(size, cells, backends, limit, quick))
         if size == "d2l":
             for cell in ("lstm",) if quick else ("gru", "lstm"):
                 jobs.append(
@@ -291,6 +294,25 @@ def plan(quick: bool, device: str) -> list[dict]:
                 )
     for megabytes in (1, 10) if quick else (1, 10, 100):
         jobs.append({"kind": "corpus", "megabytes": megabytes})
+    return jobs
+
+
+def _cell_jobs(size: str, cells, backends, limit: dict, quick: bool) -> list[dict]:
+    """One job per cell and backend it has (in quick plans the classic cells fused only); minGRU and
+    minLSTM once per layer shape."""
+    jobs = []
+    for cell in cells:
+        for backend in backends:
+            no_fused = backend == "fused" and cell in SCRATCH_ONLY
+            if no_fused or (quick and backend == "scratch" and cell not in SCRATCH_ONLY):
+                continue
+            job = {"kind": "textrnn", "size": size, "cell": cell, "backend": backend, **limit}
+            if size == "d2l":
+                job["streams"] = STREAMS if (cell, backend) == ("lstm", "fused") else (1,)
+            if cell in ("mingru", "minlstm"):
+                jobs.extend({**job, "block": block} for block in MINIMAL_BLOCKS)
+            else:
+                jobs.append(job)
     return jobs
 
 
@@ -334,7 +356,8 @@ def _label(job: dict) -> str:
     if job["kind"] == "corpus":
         return f"corpus {job['megabytes']} MB"
     precision = f" {job['precision']}" if job.get("precision", "fp32") != "fp32" else ""
-    return f"textrnn {job['cell']} {job['backend']}{precision}, {job['size']}"
+    block = f" {job['block']}" if "block" in job else ""
+    return f"textrnn {job['cell']}{block} {job['backend']}{precision}, {job['size']}"
 
 
 def table(results: list[dict]) -> str:
@@ -399,7 +422,28 @@ def table(results: list[dict]) -> str:
                     "",
                 )
             )
-    return columns(lines) + "\n\n" + columns(corpus_lines)
+    return "\n\n".join(filter(None, (columns(lines), _against_gru(results), columns(corpus_lines))))
+
+
+def _paired_rate(result: dict) -> float | None:
+    """Training tokens/s over the baseline's just before in the same worker: free of the machine's load."""
+    paired = result.get("paired_baseline_train_tokens_per_sec")
+    return result["train_tokens_per_sec"] / paired if paired and "train_tokens_per_sec" in result else None
+
+
+def _against_gru(results: list[dict]) -> str:
+    """minGRU and minLSTM training speed as a multiple of the fused GRU's of the same size (paired rates)."""
+    rates = {}
+    for item in results:
+        job, rate = item["job"], _paired_rate(item["result"])
+        if job["kind"] == "textrnn" and rate and job.get("precision", "fp32") == "fp32":
+            rates[(job["size"], job["cell"], job.get("block"), job["backend"])] = rate
+    lines = []
+    for (size, cell, block, _), rate in rates.items():
+        gru = rates.get((size, "gru", None, "fused"))
+        if block and gru:
+            lines.append(f"{cell} {block}, {size}: {rate / gru:.2f}x the fused GRU's training tokens/s")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
