@@ -14,6 +14,7 @@ from textrnn.errors import TextrnnError
 from textrnn.timeseries.read import parse_numbers, parse_times, read_csv_columns
 
 FORMATS = ("m4", "long")
+GRID_GROWTH = 4  # a long table whose gaps would more than quadruple its values has no common step
 
 
 @dataclass
@@ -111,7 +112,7 @@ def read_m4(path) -> Panel:
         if not pd.api.types.is_numeric_dtype(cells[name]):
             parse_numbers(cells[name].to_numpy(), f"{path}, column {name!r},")  # names the row, or accepts NA words
             cells[name] = pd.to_numeric(cells[name], errors="coerce")
-    matrix = cells.to_numpy(dtype=np.float64, na_value=np.nan)
+    matrix = np.array(cells.to_numpy(dtype=np.float64, na_value=np.nan))  # a copy: pandas may lend a read-only view
     matrix[~np.isfinite(matrix)] = np.nan
     observed = ~np.isnan(matrix)
     lengths = observed.sum(axis=1)
@@ -156,7 +157,7 @@ def _positions(times: pd.Series, where: str) -> np.ndarray:
 
 def read_long(path, id_col: str, time_col: str, target: str) -> Panel:
     """A long table (CSV): one value a row, with its series id and time, in any order. Each series starts and
-    ends where its own values do; the step is the file's most common one, and the values missing inside a
+    ends where its own values do; the step is the greatest common divisor of the time differences, and the values missing inside a
     series (absent rows, empty cells) are interpolated linearly (``Panel.filled`` counts them)."""
     path = Path(path)
     _check_file(path)
@@ -177,9 +178,13 @@ def read_long(path, id_col: str, time_col: str, target: str) -> Panel:
     if (steps == 0).any():
         where = np.flatnonzero(same & (np.diff(ticks) == 0))[0]
         raise TextrnnError(f"{path}: series {ids[codes[where]]!r} has two values at one time")
-    step = int(pd.Series(steps).mode().min()) if len(steps) else 1
-    if (steps % step).any():
-        raise TextrnnError(f"{path}: the times are not whole multiples of the most common step ({step})")
+    step = int(np.gcd.reduce(steps)) if len(steps) else 1
+    grid = int(np.sum(steps // step)) + int(codes[-1]) + 1 if len(steps) else len(values)
+    if grid > GRID_GROWTH * max(len(values), 1):
+        raise TextrnnError(
+            f"{path}: the times have no common step (their greatest common step, {step}, would fill in "
+            f"{grid - len(values):,} values for {len(values):,} given): resample the series to one step"
+        )
     return _gridded([str(name) for name in ids], codes, ticks // step, values)
 
 
