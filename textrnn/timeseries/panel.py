@@ -142,17 +142,26 @@ def _read_wide(path: Path) -> pd.DataFrame:
 
 
 def _positions(times: pd.Series, where: str) -> np.ndarray:
-    """Times (R,) -> (R,) int64 ticks: integers as written (a step number), or timestamps in seconds."""
-    texts = times.astype(str).str.strip()
-    numbers = pd.to_numeric(texts, errors="coerce")
-    if numbers.notna().all():
+    """Times (R,) -> (R,) int64 ticks: whole numbers as written (a step number), or timestamps in seconds."""
+    if pd.api.types.is_numeric_dtype(times):
+        numbers = times.to_numpy(dtype=np.float64, na_value=np.nan)
+        if not np.all(np.isfinite(numbers)):
+            raise TextrnnError(f"{where}: row {int(np.argmax(~np.isfinite(numbers))) + 2} has no time")
         if not np.all(numbers == np.round(numbers)):
             raise TextrnnError(f"{where} holds numbers that are not whole: give step numbers or timestamps")
-        return numbers.to_numpy(dtype=np.int64)
-    stamps, _ = parse_times(texts, None, where)
+        return numbers.astype(np.int64)
+    stamps, _ = parse_times(times.where(times.notna(), "").astype(str), None, where)
     if np.isnat(stamps).any():
         raise TextrnnError(f"{where}: row {int(np.argmax(np.isnat(stamps))) + 2} has no time")
     return stamps.astype(np.int64)
+
+
+def _values(column: pd.Series, where: str) -> np.ndarray:
+    """A value column (R,) -> float64, NaN where missing (text left by pandas is parsed cell by cell)."""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.where(np.isfinite(values), values, np.nan)
+    return parse_numbers(column.where(column.notna(), "").astype(str).to_numpy(), where)
 
 
 def read_long(path, id_col: str, time_col: str, target: str) -> Panel:
@@ -163,12 +172,14 @@ def read_long(path, id_col: str, time_col: str, target: str) -> Panel:
     _check_file(path)
     if len({id_col, time_col, target}) < 3:
         raise TextrnnError("--id-col, --time-col and --target must name three different columns")
-    frame = read_csv_columns(path, [id_col, time_col, target])
+    frame = read_csv_columns(path, [id_col, time_col, target], text=[id_col])
     if len(frame) == 0:
         raise TextrnnError(f"{path} has a header but no rows")
-    values = parse_numbers(frame[target].to_numpy(), f"{path}, column {target!r},")
+    values = _values(frame[target], f"{path}, column {target!r},")
     ticks = _positions(frame[time_col], f"{path}, column {time_col!r}")
     codes, ids = pd.factorize(frame[id_col].str.strip(), sort=False)
+    if (codes < 0).any():
+        raise TextrnnError(f"{path}, column {id_col!r}: row {int(np.argmax(codes < 0)) + 2} has no series id")
     keep = ~np.isnan(values)
     codes, ticks, values = codes[keep], ticks[keep], values[keep]
     order = np.lexsort((ticks, codes))
