@@ -468,6 +468,7 @@ class PanelConfig:
     windows_per_series: int = 64  # windows drawn from every series in an epoch, so long series do not dominate
     level_window: int | None = None  # each window is divided by the mean of its last values (None: one season)
     id_embedding: int = 0  # width of a learned embedding of the series id read at every step (0: none)
+    patch: int = 1  # values the encoder reads at each of its steps (24: a day a step, 24 times fewer steps)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", str(self.train or ""))
@@ -485,3 +486,4 @@ class PanelConfig:
             f"--level-window must be at least 1, got {self.level_window}",
         )
         _require(0 <= self.id_embedding <= 4096, f"--id-embedding must be in [0, 4096], got {self.id_embedding}")
+        _require(1 <= self.patch <= 10_000, f"--patch must be in [1, 10000], got {self.patch}")

@@ -106,6 +106,12 @@ def _progress():
     help="Width of a learned embedding of the series id read at every step (0: none).  [default: 0]",
 )
 @click.option(
+    "--patch",
+    type=int,
+    help="Values the encoder reads at each of its steps: 24 reads hourly data a day a step (24 times fewer "
+    "recurrent steps).  [default: 1]",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory of the two runs (validation/, final/).  [default: checkpoints/forecast-m4-<date-time>]",

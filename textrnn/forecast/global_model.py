@@ -25,18 +25,22 @@ LEVEL_FLOOR = 1e-6  # a window whose level is (about) 0 is divided by 1 instead
 
 class PanelForecaster(nn.Module):
     """The ``Forecaster`` over level-scaled windows: input (B, T) values divided by their level minus 1, and the
-    series numbers (B,); output (B, horizon) forecasts on the same scale. With ``id_embedding`` E > 0, an
-    embedding of the series number is read beside the value at every step (the encoder's input is 1 + E wide)."""
+    series numbers (B,); output (B, horizon) forecasts on the same scale. The encoder reads ``patch`` P values a
+    step (T / P steps of P values; the window is cut from its end, so a T that P does not divide loses its
+    first T mod P values). With ``id_embedding`` E > 0, an embedding of the series number is read beside them
+    at every step (the encoder's input is P + E wide)."""
 
-    def __init__(self, config: ForecastConfig, series: int, id_embedding: int = 0):
+    def __init__(self, config: ForecastConfig, series: int, id_embedding: int = 0, patch: int = 1):
         super().__init__()
+        self.patch = patch
         self.embedding = nn.Embedding(series, id_embedding) if id_embedding else None
-        self.forecaster = Forecaster(config, 1 + id_embedding)
+        self.forecaster = Forecaster(config, patch + id_embedding)
 
     def forward(self, window: torch.Tensor, series: torch.Tensor) -> torch.Tensor:
-        features = window[..., None]
+        steps = window.shape[1] // self.patch
+        features = window[:, window.shape[1] - steps * self.patch :].reshape(len(window), steps, self.patch)
         if self.embedding is not None:
-            embedded = self.embedding(series)[:, None, :].expand(-1, window.shape[1], -1)
+            embedded = self.embedding(series)[:, None, :].expand(-1, steps, -1)
             features = torch.cat([features, embedded], dim=-1)
         return self.forecaster(features)
 
@@ -102,7 +106,8 @@ class PanelTask(Task):
         self.notes = list(notes)
 
     def build_model(self) -> PanelForecaster:
-        return PanelForecaster(self.config, len(self.panel), self.panel_config.id_embedding)
+        panel_config = self.panel_config
+        return PanelForecaster(self.config, len(self.panel), panel_config.id_embedding, panel_config.patch)
 
     def start_info(self) -> dict:
         windows = len(self.trained) * self.panel_config.windows_per_series

@@ -36,6 +36,8 @@ def load_panels(panel_config: PanelConfig, config: ForecastConfig) -> tuple[Pane
 
     A series needs ``lookback + 3 * horizon`` values: one training window before the two held-out horizons of
     the validation run. Shorter ones are skipped, all named in one note."""
+    if panel_config.patch > config.lookback:
+        raise TextrnnError(f"--patch {panel_config.patch} is longer than --lookback {config.lookback}")
     read = dict(format=panel_config.format, id_col=panel_config.id_col, time_col=panel_config.time_col)
     panel = read_panel(panel_config.train, target=panel_config.target, **read)
     needed = config.lookback + 3 * config.horizon
