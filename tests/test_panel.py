@@ -5,12 +5,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from textrnn.cli import cli
+from textrnn.config import ForecastConfig, PanelConfig
 from textrnn.errors import TextrnnError
-from textrnn.forecast.global_model import last_windows
-from textrnn.timeseries.panel import read_long, read_m4, split_last, subset
+from textrnn.forecast.global_model import PanelTask, forecast_panel, last_windows, level_of
+from textrnn.timeseries.panel import of_series, read_long, read_m4, split_last, subset
 
 HORIZON = 48
 TINY_M4 = [
@@ -166,3 +168,36 @@ def test_forecast_m4_refuses_bad_input_in_one_line(tmp_path, arguments, message)
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
     assert "Traceback" not in result.output
+
+
+def tiny_task(lengths=(100, 400), windows=5):
+    panel = of_series([f"s{n}" for n in range(len(lengths))], [np.arange(n, dtype=float) + 1 for n in lengths])
+    config = ForecastConfig(lookback=24, horizon=4, season=24, hidden_size=8, batch_size=3, residual=False,
+                            forking=False, loss="l1", max_steps=1, device="cpu")  # fmt: skip
+    panel_config = PanelConfig(train="x", windows_per_series=windows)
+    validation = (last_windows(panel, 24), np.ones((len(lengths), 4)))
+    return PanelTask(config, panel_config, panel, validation, torch.device("cpu")), panel
+
+
+def test_every_series_gets_the_same_windows_an_epoch_whatever_its_length():
+    task, panel = tiny_task()
+    starts, series = (torch.cat(parts) for parts in zip(*task.batches(epoch=0, start=0)))
+    assert torch.bincount(series).tolist() == [5, 5]
+    for number in (0, 1):  # every window lies inside its series
+        mine = starts[series == number]
+        assert (mine >= panel.offsets[number]).all() and (mine + 28 <= panel.offsets[number + 1]).all()
+    again = torch.cat([batch[0] for batch in task.batches(epoch=0, start=0)])
+    assert torch.equal(again, starts)  # the same epoch, the same windows
+    assert not torch.equal(torch.cat([batch[0] for batch in task.batches(epoch=1, start=0)]), starts)
+
+
+def test_windows_are_divided_by_the_level_of_their_last_season():
+    window = torch.tensor([[1.0] * 24 + [3.0] * 24])
+    assert level_of(window, 24).item() == 3.0
+    assert level_of(torch.zeros(1, 5), 2).item() == 1.0  # a level of 0 divides by 1
+    task, panel = tiny_task()
+    model = task.build_model()
+    for parameter in model.parameters():
+        torch.nn.init.zeros_(parameter)
+    forecasts = forecast_panel(model, last_windows(panel, 24), 24)  # the model says "the level": a flat line
+    assert forecasts[1] == pytest.approx(np.full(4, np.mean(np.arange(377, 401))))
