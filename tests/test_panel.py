@@ -201,3 +201,15 @@ def test_windows_are_divided_by_the_level_of_their_last_season():
         torch.nn.init.zeros_(parameter)
     forecasts = forecast_panel(model, last_windows(panel, 24), 24)  # the model says "the level": a flat line
     assert forecasts[1] == pytest.approx(np.full(4, np.mean(np.arange(377, 401))))
+
+
+def test_an_ensemble_trains_each_seed_and_forecasts_their_median(tmp_path):
+    train = write_m4(tmp_path / "train.csv")
+    result = run("forecast", "m4", "--train", train, *TINY_M4, "--ensemble", "2", "--out", tmp_path / "r", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["checkpoint"] == str(tmp_path / "r")
+    for stage in ("validation", "final"):
+        for number in (1, 2):
+            seed = json.loads((tmp_path / "r" / f"{stage}-{number}" / "config.json").read_text())["forecast"]["seed"]
+            assert seed == number - 1

@@ -469,6 +469,7 @@ class PanelConfig:
     level_window: int | None = None  # each window is divided by the mean of its last values (None: one season)
     id_embedding: int = 0  # width of a learned embedding of the series id read at every step (0: none)
     patch: int = 1  # values the encoder reads at each of its steps (24: a day a step, 24 times fewer steps)
+    ensemble: int = 1  # models trained with seeds seed, seed + 1, ...: the forecast is their median
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", str(self.train or ""))
@@ -487,3 +488,4 @@ class PanelConfig:
         )
         _require(0 <= self.id_embedding <= 4096, f"--id-embedding must be in [0, 4096], got {self.id_embedding}")
         _require(1 <= self.patch <= 10_000, f"--patch must be in [1, 10000], got {self.patch}")
+        _require(1 <= self.ensemble <= 100, f"--ensemble must be in [1, 100], got {self.ensemble}")

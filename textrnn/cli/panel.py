@@ -112,6 +112,12 @@ def _progress():
     "recurrent steps).  [default: 1]",
 )
 @click.option(
+    "--ensemble",
+    type=int,
+    help="Train this many models (seeds --seed, --seed + 1, ...; each an equal share of the budget) and forecast "
+    "their median.  [default: 1]",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory of the two runs (validation/, final/).  [default: checkpoints/forecast-m4-<date-time>]",

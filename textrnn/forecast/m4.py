@@ -5,7 +5,9 @@ the rest (its own best weights chosen on the ``horizon`` values before those), s
 the held-out values next to Naive2 and the seasonal naive forecast, then trains a final run on everything for as
 many steps and forecasts the ``horizon`` values after each series' end (scored too when a test file gives them).
 With a time limit, the validation run gets half of what is left after reading the data, less a reserve for the
-scoring, and the final run the rest.
+scoring, and the final run the rest. An ensemble (``PanelConfig.ensemble`` members, seeds ``seed``, ``seed + 1``,
+...) trains the members of each stage one after another, each an equal share of the stage's time, and forecasts
+their median.
 """
 
 from __future__ import annotations
@@ -99,12 +101,51 @@ def train_panel(config, panel_config, panel: Panel, out_dir: Path, notes, callba
     return summary, task
 
 
-def _budgets(config: ForecastConfig, started: float) -> tuple[float | None, float]:
-    """``(seconds of the validation run or None, the deadline of the whole command on the perf_counter clock)``."""
+def _budgets(config: ForecastConfig, started: float) -> tuple[float, float]:
+    """``(the deadline of the validation runs, that of the final runs)`` on the perf_counter clock (inf: no time
+    limit): the validation runs get ``VALIDATION_SHARE`` of what is left after reading, less a reserve."""
     if not config.max_seconds:
-        return None, float("inf")
+        return float("inf"), float("inf")
     deadline = started + config.max_seconds - RESERVE_SECONDS - RESERVE_SHARE * config.max_seconds
-    return max(1.0, (deadline - time.perf_counter()) * VALIDATION_SHARE), deadline
+    now = time.perf_counter()
+    return now + max(1.0, (deadline - now) * VALIDATION_SHARE), deadline
+
+
+def _members(config, panel_config, panel: Panel, stage: str, out_dir: Path, deadline: float, steps, run) -> list:
+    """Train the ``panel_config.ensemble`` members of one stage (seeds seed, seed + 1, ...) one after another, each
+    with an equal share of the time left before ``deadline`` and, for the final runs, the ``steps`` of its
+    validation run. Returns each member's ``(trainer summary, run directory)``; stops at an interrupted one."""
+    count = panel_config.ensemble
+    members = []
+    for number in range(count):
+        limits = {} if steps is None else {"max_steps": max(1, steps[number]), "epochs": None, "patience": 0}
+        if deadline < float("inf"):
+            limits["max_seconds"] = max(1.0, (deadline - time.perf_counter()) / (count - number))
+        member = dataclasses.replace(config, seed=config.seed + number, **limits)
+        directory = out_dir / (stage if count == 1 else f"{stage}-{number + 1}")
+        limit = f", up to {member.max_seconds:.0f} s" if member.max_seconds and "max_seconds" in limits else ""
+        what = f"{member.max_steps:,} steps on every value" if steps else f"without the last {config.horizon} values"
+        name = f"{stage} run" + (f" {number + 1} of {count} (seed {member.seed})" if count > 1 else "")
+        run["report"]("note", {"message": f"{name}: {len(panel):,} series {what}{limit}"})
+        summary, _ = train_panel(member, panel_config, panel, directory, run["notes"], run["callback"], run["stop"])
+        members.append((summary, directory))
+        if summary["interrupted"]:
+            break
+    return members
+
+
+def _ensemble_forecast(members: list, panel: Panel, config, panel_config, weights: str) -> np.ndarray:
+    """The median over the members of their forecasts past the end of ``panel`` (S, horizon), each member with its
+    ``weights`` ("best": the validated best, from best.pt; "last": as trained)."""
+    level_window = panel_config.level_window or config.season
+    windows = last_windows(panel, config.lookback)
+    forecasts = []
+    for summary, directory in members:
+        model = summary["model"]
+        if weights == "best":
+            model.load_state_dict(checkpoint.read_tensors(directory / "best.pt")["model"])
+        forecasts.append(forecast_panel(model, windows, level_window))
+    return np.median(np.stack(forecasts), axis=0)
 
 
 def run_m4(
@@ -112,53 +153,35 @@ def run_m4(
 ) -> dict:
     """Validate, train and forecast (see the module). Returns the validation scores (``m4.m4_report``: ``smape``,
     ``mase``, ``owa``, ``baselines``, ``per_step_smape``), ``test`` (the same, with a test file), ``series``,
-    ``skipped``, ``ids``, ``forecasts`` (S, horizon), ``elapsed_sec``, ``checkpoint`` (the final run) and
-    ``validation_checkpoint``; ``interrupted`` when a stop was requested."""
+    ``skipped``, ``ids``, ``forecasts`` (S, horizon), ``elapsed_sec``, ``checkpoint`` (the final run, or the
+    directory of the runs of an ensemble) and ``steps`` of the runs; ``interrupted`` when a stop was requested."""
     started = time.perf_counter() if started is None else started
     out_dir = Path(out_dir)
     panel, test, skipped, notes = load_panels(panel_config, config)
-    horizon, season = config.horizon, config.season
-    seconds, deadline = _budgets(config, started)
-    inner, actual = split_last(panel, horizon)
-    first = dataclasses.replace(config, max_seconds=seconds) if seconds else config
-    report = callback or (lambda event, info: None)
-    limit = f", up to {seconds:.0f} s" if seconds else ""
-    report("note", {"message": f"validation run: {len(panel):,} series without their last {horizon} values{limit}"})
-    summary, task = train_panel(first, panel_config, inner, out_dir / "validation", notes, callback, should_stop)
-    model = summary["model"]
-    best = checkpoint.read_tensors(out_dir / "validation" / "best.pt")
-    model.load_state_dict(best["model"])
-    validation = forecast_panel(model, last_windows(inner, config.lookback), task.level_window)
-    result = {
-        **m4.m4_report(actual, validation, inner.histories(), season),
-        "validation_checkpoint": str(out_dir / "validation"),
-    }
-    result["validation_steps"] = summary["steps"]
-    if summary["interrupted"]:
-        return {**result, "interrupted": True, "series": len(panel), "skipped": skipped}
-    steps = best.get("step") or summary["steps"]  # as many steps as validated best
-    remaining = deadline - time.perf_counter()
-    final = dataclasses.replace(
-        config,
-        max_steps=max(1, steps),
-        epochs=None,
-        patience=0,
-        max_seconds=None if not seconds else max(1.0, remaining),
-    )
-    limit = f", up to {final.max_seconds:.0f} s" if final.max_seconds else ""
-    report("note", {"message": f"final run: {final.max_steps:,} steps on every value{limit}"})
-    final_summary, _ = train_panel(final, panel_config, panel, out_dir / "final", [], callback, should_stop)
-    forecasts = forecast_panel(final_summary["model"], last_windows(panel, config.lookback), task.level_window)
+    validation_deadline, deadline = _budgets(config, started)
+    inner, actual = split_last(panel, config.horizon)
+    run = {"report": callback or (lambda event, info: None), "notes": notes, "callback": callback, "stop": should_stop}
+    members = _members(config, panel_config, inner, "validation", out_dir, validation_deadline, None, run)
+    validation = _ensemble_forecast(members, inner, config, panel_config, "best")
+    result = {**m4.m4_report(actual, validation, inner.histories(), config.season), "series": len(panel)}
+    result.update(skipped=skipped, steps={"validation": [summary["steps"] for summary, _ in members]})
+    if members[-1][0]["interrupted"]:
+        return {**result, "interrupted": True}
+    # each final run takes as many steps as its validation run validated best at
+    steps = [
+        checkpoint.read_tensors(directory / "best.pt").get("step") or summary["steps"] for summary, directory in members
+    ]
+    run["notes"] = []
+    finals = _members(config, panel_config, panel, "final", out_dir, deadline, steps, run)
+    forecasts = _ensemble_forecast(finals, panel, config, panel_config, "last")
     if test is not None:
-        result["test"] = m4.m4_report(test, forecasts, panel.histories(), season)
+        result["test"] = m4.m4_report(test, forecasts, panel.histories(), config.season)
+    result["steps"]["final"] = [summary["steps"] for summary, _ in finals]
     result.update(
-        series=len(panel),
-        skipped=skipped,
         ids=panel.ids,
         forecasts=forecasts,
-        final_steps=final_summary["steps"],
-        interrupted=final_summary["interrupted"],
-        checkpoint=str(out_dir / "final"),
+        interrupted=finals[-1][0]["interrupted"],
+        checkpoint=str(finals[0][1] if len(finals) == 1 else out_dir),
         elapsed_sec=time.perf_counter() - started,
     )
     return result
