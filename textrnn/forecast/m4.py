@@ -136,7 +136,8 @@ def _members(config, panel_config, panel: Panel, stage: str, out_dir: Path, dead
 
 def _ensemble_forecast(members: list, panel: Panel, config, panel_config, weights: str) -> np.ndarray:
     """The median over the members of their forecasts past the end of ``panel`` (S, horizon), each member with its
-    ``weights`` ("best": the validated best, from best.pt; "last": as trained)."""
+    ``weights`` ("best": the validated best, from best.pt; "last": as trained); at least 0 for the series whose
+    values all are."""
     level_window = panel_config.level_window or config.season
     windows = last_windows(panel, config.lookback)
     forecasts = []
@@ -145,7 +146,10 @@ def _ensemble_forecast(members: list, panel: Panel, config, panel_config, weight
         if weights == "best":
             model.load_state_dict(checkpoint.read_tensors(directory / "best.pt")["model"])
         forecasts.append(forecast_panel(model, windows, level_window))
-    return np.median(np.stack(forecasts), axis=0)
+    median = np.median(np.stack(forecasts), axis=0)
+    # a series that never went below 0 (counts, loads, prices) is not forecast below it
+    never_negative = np.minimum.reduceat(panel.values, panel.offsets[:-1]) >= 0
+    return np.where(never_negative[:, None], np.maximum(median, 0.0), median)
 
 
 def run_m4(
