@@ -11,7 +11,14 @@ from click.testing import CliRunner
 from textrnn.cli import cli
 from textrnn.config import ForecastConfig, PanelConfig
 from textrnn.errors import TextrnnError
-from textrnn.forecast.global_model import PanelTask, forecast_panel, last_windows, level_of
+from textrnn.forecast.global_model import (
+    PanelForecaster,
+    PanelTask,
+    forecast_panel,
+    last_windows,
+    level_of,
+    seasonal_positions,
+)
 from textrnn.timeseries.panel import of_series, read_long, read_m4, split_last, subset
 
 HORIZON = 48
@@ -213,3 +220,14 @@ def test_an_ensemble_trains_each_seed_and_forecasts_their_median(tmp_path):
         for number in (1, 2):
             seed = json.loads((tmp_path / "r" / f"{stage}-{number}" / "config.json").read_text())["forecast"]["seed"]
             assert seed == number - 1
+
+
+def test_the_seasonal_residual_starts_from_the_seasonal_naive_forecast():
+    task, panel = tiny_task()
+    config = task.config
+    model = PanelForecaster(config, len(panel), seasonal=True)
+    for parameter in model.parameters():
+        torch.nn.init.zeros_(parameter)
+    window = torch.arange(24.0)[None, :]
+    assert model(window, torch.tensor([0])).tolist() == [[0.0, 1.0, 2.0, 3.0]]  # a 24-step season, horizon 4
+    assert seasonal_positions(5, 5, 2).tolist() == [3, 4, 3, 4, 3]

@@ -470,6 +470,7 @@ class PanelConfig:
     id_embedding: int = 0  # width of a learned embedding of the series id read at every step (0: none)
     patch: int = 1  # values the encoder reads at each of its steps (24: a day a step, 24 times fewer steps)
     ensemble: int = 1  # models trained with seeds seed, seed + 1, ...: the forecast is their median
+    seasonal_residual: bool = False  # the head corrects the seasonal naive forecast of the window (not the level)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", str(self.train or ""))

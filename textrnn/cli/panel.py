@@ -118,6 +118,12 @@ def _progress():
     "their median.  [default: 1]",
 )
 @click.option(
+    "--seasonal-residual/--level-residual",
+    default=None,
+    help="The head corrects the seasonal naive forecast of each window (its last --season values repeated), or "
+    "the window's level.  [default: level]",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory of the two runs (validation/, final/).  [default: checkpoints/forecast-m4-<date-time>]",

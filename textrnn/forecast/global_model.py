@@ -28,11 +28,18 @@ class PanelForecaster(nn.Module):
     series numbers (B,); output (B, horizon) forecasts on the same scale. The encoder reads ``patch`` P values a
     step (T / P steps of P values; the window is cut from its end, so a T that P does not divide loses its
     first T mod P values). With ``id_embedding`` E > 0, an embedding of the series number is read beside them
-    at every step (the encoder's input is P + E wide)."""
+    at every step (the encoder's input is P + E wide). With ``seasonal`` the head's output is added to the
+    seasonal naive forecast of the window (its last ``config.season`` values repeated), not to the level."""
 
-    def __init__(self, config: ForecastConfig, series: int, id_embedding: int = 0, patch: int = 1):
+    def __init__(
+        self, config: ForecastConfig, series: int, id_embedding: int = 0, patch: int = 1, seasonal: bool = False
+    ):
         super().__init__()
         self.patch = patch
+        # the head adds to the window's last season repeated (the seasonal naive forecast) instead of to 0
+        self.seasonal = config.season if seasonal else None
+        if self.seasonal is not None:
+            self.register_buffer("repeat", seasonal_positions(config.lookback, config.horizon, self.seasonal), False)
         self.embedding = nn.Embedding(series, id_embedding) if id_embedding else None
         self.forecaster = Forecaster(config, patch + id_embedding)
 
@@ -42,7 +49,17 @@ class PanelForecaster(nn.Module):
         if self.embedding is not None:
             embedded = self.embedding(series)[:, None, :].expand(-1, steps, -1)
             features = torch.cat([features, embedded], dim=-1)
-        return self.forecaster(features)
+        forecast = self.forecaster(features)
+        if self.seasonal is not None:
+            forecast = forecast + window[:, self.repeat]
+        return forecast
+
+
+def seasonal_positions(lookback: int, horizon: int, season: int) -> torch.Tensor:
+    """(horizon,) the window positions of the seasonal naive forecast: step k (0-based) repeats the value
+    season * (k // season + 1) steps before it."""
+    steps = torch.arange(horizon)
+    return lookback + steps - season * (steps // season + 1)
 
 
 def level_of(window: torch.Tensor, level_window: int) -> torch.Tensor:
@@ -107,7 +124,13 @@ class PanelTask(Task):
 
     def build_model(self) -> PanelForecaster:
         panel_config = self.panel_config
-        return PanelForecaster(self.config, len(self.panel), panel_config.id_embedding, panel_config.patch)
+        return PanelForecaster(
+            self.config,
+            len(self.panel),
+            panel_config.id_embedding,
+            panel_config.patch,
+            panel_config.seasonal_residual,
+        )
 
     def start_info(self) -> dict:
         windows = len(self.trained) * self.panel_config.windows_per_series
