@@ -376,11 +376,19 @@ def make_option(flags: tuple[str, ...], settings: dict, defaults: dict, words: d
     return click.option(*names, help=help_text, **settings)
 
 
+def _overridden(flags: tuple[str, ...], settings: dict, overrides: dict | None) -> dict:
+    """``settings`` without their ``default_text`` where ``overrides`` gives the option's default."""
+    field = settings.get("field") or flags[0].split("/")[0].lstrip("-").replace("-", "_")
+    if overrides and field in overrides:
+        return {key: value for key, value in settings.items() if key != "default_text"}
+    return settings
+
+
 def some_options(configs: tuple, words: dict, group: list[Option], flags: tuple[str, ...], overrides=None):
     """A decorator adding the options of ``group`` named in ``flags`` (a command that shares a few of them), with
     the defaults of ``configs`` then ``overrides``."""
     defaults = {**defaults_of(*configs), **(overrides or {})}
-    entries = [(names, settings) for names, settings in group if names[0] in flags]
+    entries = [(names, _overridden(names, settings, overrides)) for names, settings in group if names[0] in flags]
 
     def decorate(function):
         for names, settings in reversed(entries):
