@@ -37,7 +37,8 @@ def load_panels(panel_config: PanelConfig, config: ForecastConfig) -> tuple[Pane
     """``(panel of the series long enough, their test values (S, horizon) or None, skipped ids, notes)``.
 
     A series needs ``lookback + 3 * horizon`` values: one training window before the two held-out horizons of
-    the validation run. Shorter ones are skipped, all named in one note."""
+    the validation run. Shorter ones are skipped, named in one note (the first ``SHOWN_SKIPPED``; the CLI writes
+    them all to results.json)."""
     if panel_config.patch > config.lookback:
         raise TextrnnError(f"--patch {panel_config.patch} is longer than --lookback {config.lookback}")
     read = dict(format=panel_config.format, id_col=panel_config.id_col, time_col=panel_config.time_col)
@@ -50,7 +51,7 @@ def load_panels(panel_config: PanelConfig, config: ForecastConfig) -> tuple[Pane
         notes.append(f"{panel.filled:,} values missing inside the series were interpolated")
     if skipped:
         shown = ", ".join(skipped[:SHOWN_SKIPPED]) + (
-            f" and {len(skipped) - SHOWN_SKIPPED:,} more" if len(skipped) > SHOWN_SKIPPED else ""
+            f" and {len(skipped) - SHOWN_SKIPPED:,} more (all in results.json)" if len(skipped) > SHOWN_SKIPPED else ""
         )
         notes.append(
             f"skipping {len(skipped):,} of {len(panel):,} series shorter than {needed} values (--lookback + 3 x "
@@ -64,11 +65,11 @@ def load_panels(panel_config: PanelConfig, config: ForecastConfig) -> tuple[Pane
     panel = subset(panel, keep) if len(skipped) else panel
     test = None
     if panel_config.test:
-        test = test_values(read_panel(panel_config.test, target=panel_config.target, **read), panel, config.horizon)
+        test = values_after(read_panel(panel_config.test, target=panel_config.target, **read), panel, config.horizon)
     return panel, test, skipped, notes
 
 
-def test_values(test: Panel, panel: Panel, horizon: int) -> np.ndarray:
+def values_after(test: Panel, panel: Panel, horizon: int) -> np.ndarray:
     """(S, horizon): the first ``horizon`` values of each series of ``panel`` in the test panel (matched by id)."""
     where = {name: number for number, name in enumerate(test.ids)}
     missing = [name for name in panel.ids if name not in where]
