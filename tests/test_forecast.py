@@ -12,6 +12,7 @@ from textrnn.cli import cli
 from textrnn.config import ForecastConfig
 from textrnn.errors import TextrnnError
 from textrnn.forecast.task import train_forecaster
+from textrnn.timeseries.metrics import metrics
 
 TINY_FORECAST = {
     "lookback": 24,
@@ -188,3 +189,17 @@ def test_several_files_train_jointly_with_their_own_scalers(tmp_path):
     assert set(summary["test"]) == {"north:load", "south:load"}
     scalers = summary["dataset"].scalers
     assert scalers[1].maximum == pytest.approx(10 * scalers[0].maximum, rel=1e-3)
+
+
+def test_the_json_reports_the_smape_of_step_24_beside_the_pooled_figure(series_csv, tmp_path):
+    config = ForecastConfig(
+        csv=(str(series_csv),), time_col="time", target=("load",), **{**TINY_FORECAST, "horizon": 24, "max_steps": 4}
+    )
+    summary = train_forecaster(config, tmp_path / "run")
+    arrays = summary["arrays"]
+    alone = metrics(arrays["actual"][:, 23], arrays["predicted"][:, 23])["smape"]
+    assert summary["overall"]["smape_step24"] == pytest.approx(alone)
+    assert summary["overall"]["smape"] != pytest.approx(alone)
+    assert summary["baselines_overall"]["seasonal_naive"]["smape_step24"] is not None
+    short = ForecastConfig(csv=(str(series_csv),), time_col="time", target=("load",), **TINY_FORECAST)
+    assert train_forecaster(short, tmp_path / "short")["overall"]["smape_step24"] is None

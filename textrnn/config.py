@@ -434,3 +434,59 @@ def from_dict(cls, data: dict):
         cls, {}
     )
     return cls(**{**before, **data})
+
+
+PANEL_FORMATS = ("m4", "long")
+# The global model's settings where they differ from ForecastConfig's (``textrnn forecast m4``): a week of hourly
+# values in, the 48 hours of M4 Hourly out, values scaled by the window's level (so no residual head and no
+# forking, whose windows would need a level each), the L1 loss (close to sMAPE on level-scaled values).
+PANEL_DEFAULTS = {
+    "lookback": 168,
+    "horizon": 48,
+    "season": 24,
+    "hidden_size": 128,
+    "loss": "l1",
+    "residual": False,
+    "forking": False,
+    "warmup_steps": 50,
+    "eval_every": 100,
+    "patience": 0,
+    "max_seconds": 300.0,
+}
+
+
+@dataclass(frozen=True)
+class PanelConfig:
+    """How a global model reads a panel of many series and samples its windows (``textrnn forecast m4``)."""
+
+    train: str = ""
+    test: str | None = None  # the values after each series' end (the same format), scored when given
+    format: str = "m4"  # m4: one series a row (id, values); long: one value a row (id_col, time_col, target)
+    id_col: str | None = None
+    time_col: str | None = None
+    target: str | None = None
+    windows_per_series: int = 64  # windows drawn from every series in an epoch, so long series do not dominate
+    level_window: int | None = None  # each window is divided by the mean of its last values (None: one season)
+    id_embedding: int = 0  # width of a learned embedding of the series id read at every step (0: none)
+    patch: int = 1  # values the encoder reads at each of its steps (24: a day a step, 24 times fewer steps)
+    ensemble: int = 1  # models trained with seeds seed, seed + 1, ...: the forecast is their median
+    seasonal_residual: bool = False  # the head corrects the seasonal naive forecast of the window (not the level)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", str(self.train or ""))
+        object.__setattr__(self, "test", None if self.test is None else str(self.test))
+        _require(bool(self.train), "no data: give --train FILE")
+        _require(
+            self.format in PANEL_FORMATS, f"unknown --format {self.format!r}: choose one of {', '.join(PANEL_FORMATS)}"
+        )
+        _require(
+            1 <= self.windows_per_series <= 1_000_000,
+            f"--windows-per-series must be in [1, 1000000], got {self.windows_per_series}",
+        )
+        _require(
+            self.level_window is None or self.level_window >= 1,
+            f"--level-window must be at least 1, got {self.level_window}",
+        )
+        _require(0 <= self.id_embedding <= 4096, f"--id-embedding must be in [0, 4096], got {self.id_embedding}")
+        _require(1 <= self.patch <= 10_000, f"--patch must be in [1, 10000], got {self.patch}")
+        _require(1 <= self.ensemble <= 100, f"--ensemble must be in [1, 100], got {self.ensemble}")

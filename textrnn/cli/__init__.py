@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from textrnn.cli import lm, serve, tools
+from textrnn.cli import lm, panel, serve, tools
 from textrnn.cli.forecast import forecast
 
 
@@ -32,6 +32,7 @@ for command in (
 ):
     cli.add_command(command)
 cli.add_command(tools.export)
+forecast.add_command(panel.m4_command)
 cli.add_command(forecast)
 
 

@@ -376,10 +376,19 @@ def make_option(flags: tuple[str, ...], settings: dict, defaults: dict, words: d
     return click.option(*names, help=help_text, **settings)
 
 
-def some_options(configs: tuple, words: dict, group: list[Option], flags: tuple[str, ...]):
-    """A decorator adding the options of ``group`` named in ``flags`` (a command that shares a few of them)."""
-    defaults = defaults_of(*configs)
-    entries = [(names, settings) for names, settings in group if names[0] in flags]
+def _overridden(flags: tuple[str, ...], settings: dict, overrides: dict | None) -> dict:
+    """``settings`` without their ``default_text`` where ``overrides`` gives the option's default."""
+    field = settings.get("field") or flags[0].split("/")[0].lstrip("-").replace("-", "_")
+    if overrides and field in overrides:
+        return {key: value for key, value in settings.items() if key != "default_text"}
+    return settings
+
+
+def some_options(configs: tuple, words: dict, group: list[Option], flags: tuple[str, ...], overrides=None):
+    """A decorator adding the options of ``group`` named in ``flags`` (a command that shares a few of them), with
+    the defaults of ``configs`` then ``overrides``."""
+    defaults = {**defaults_of(*configs), **(overrides or {})}
+    entries = [(names, _overridden(names, settings, overrides)) for names, settings in group if names[0] in flags]
 
     def decorate(function):
         for names, settings in reversed(entries):
@@ -389,12 +398,16 @@ def some_options(configs: tuple, words: dict, group: list[Option], flags: tuple[
     return decorate
 
 
-def training_options(configs: tuple, words: dict, *groups: list[Option], skip: tuple[str, ...] = ()):
+def training_options(
+    configs: tuple, words: dict, *groups: list[Option], skip: tuple[str, ...] = (), overrides: dict | None = None
+):
     """A decorator adding ``--config`` and the options of ``groups`` (defaults from the dataclasses ``configs``,
-    the last of which holds the run's limits), minus the flags in ``skip``."""
+    the last of which holds the run's limits, then ``overrides``: field -> the default a command applies),
+    minus the flags in ``skip``."""
     defaults = defaults_of(*configs)
     budget = configs[-1]()  # the default budget is filled in when no limit is given
     defaults["epochs"] = f"{budget.epochs} epochs or {budget.max_seconds:.0f} s, whichever comes first"
+    defaults.update(overrides or {})
     entries = [(flags, settings) for group in groups for flags, settings in group if flags[0] not in skip]
 
     def decorate(function):

@@ -18,6 +18,7 @@ from textrnn.timeseries.windows import Dataset, window_indices
 from textrnn.train.distributed import resolve_device
 
 EVAL_BATCH = 4096  # windows per forward pass when scoring
+STEP_ALONE = 24  # the step ahead whose sMAPE is also reported alone, pooled over the series (smape_step24)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -83,11 +84,23 @@ def score(model: Forecaster, dataset: Dataset, split: str, features: torch.Tenso
         "baselines_overall": {name: metrics(actual, forecast) for name, forecast in baselines.items()},
         "arrays": {"targets": targets, "ids": ids, "actual": actual, "predicted": predicted},
     }
+    key = f"smape_step{STEP_ALONE}"  # the day ahead of hourly data alone, beside the figures pooled over the horizon
+    results["overall"][key] = step_smape(actual, predicted, STEP_ALONE)
+    for name, forecast in baselines.items():
+        results["baselines_overall"][name][key] = step_smape(actual, forecast, STEP_ALONE)
     if model.config.quantiles:  # the quantiles in the data's units, (W, horizon, Q), and their scores
         quantiles = every_quantile * span[..., None] + minimum[..., None]
         results["arrays"].update(quantiles=quantiles, levels=model.config.quantiles)
         results.update(interval_results(model.config.quantiles, actual, quantiles, ids, dataset.names))
     return results
+
+
+def step_smape(actual: np.ndarray, forecast: np.ndarray, step: int) -> float | None:
+    """The sMAPE of the forecasts ``step`` steps ahead alone (column step - 1 of (W, horizon)); None when the
+    horizon is shorter or there is no window."""
+    if actual.shape[1] < step or not len(actual):
+        return None
+    return metrics(actual[:, step - 1], forecast[:, step - 1])["smape"]
 
 
 def interval_results(levels, actual: np.ndarray, quantiles: np.ndarray, ids: np.ndarray, names: list[str]) -> dict:
