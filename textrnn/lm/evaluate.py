@@ -12,18 +12,30 @@ import math
 import torch
 from torch.nn import functional as F
 
+from textrnn.text.splits import pieces
+
 EVAL_CHUNK = 1024  # time steps per forward call; any value gives the same result
 EVAL_ROWS = 256  # windows per forward call for infill models
 
 
 @torch.no_grad()
-def cross_entropy_sum(model, tokens: torch.Tensor, window: int = 256) -> tuple[torch.Tensor, int]:
+def cross_entropy_sum(
+    model, tokens: torch.Tensor, window: int = 256, starts: list[int] | None = None
+) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy (nats, a 0-d tensor on the model's device) and the number of predicted tokens.
 
     Causal models predict ``tokens[1:]`` from one carried stream. Infill models predict every
     token from the text on both sides of it within non-overlapping windows of ``window`` tokens
-    (use the training ``num_steps``, the context the model learned with).
+    (use the training ``num_steps``, the context the model learned with). ``starts``: where
+    documents begin in ``tokens``; each is then scored on its own, from a fresh state.
     """
+    if starts:
+        total, count = torch.zeros((), device=tokens.device), 0
+        for piece in pieces(tokens, starts):
+            if piece.numel() >= 2 or getattr(model.config, "task", "causal") == "infill":
+                piece_total, piece_count = cross_entropy_sum(model, piece, window)
+                total, count = total + piece_total, count + piece_count
+        return total, count
     was_training = model.training
     model.eval()
     try:
