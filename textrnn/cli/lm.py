@@ -47,11 +47,19 @@ def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]
     return ModelConfig(**given(options, ModelConfig)), TrainConfig(**given(options, TrainConfig))
 
 
-def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, tensorboard=None):
+def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, tensorboard=None, **more):
     from textrnn.lm.task import train
 
     arguments = {"model_config": model_config, "train_config": train_config, "out_dir": out, "data_dir": data_dir}
-    return run_with_progress(train, tensorboard, resume=resume, **arguments)
+    return run_with_progress(train, tensorboard, resume=resume, **arguments, **more)
+
+
+def _finetune_configs(init_from: Path, options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of ``--init-from``: the run's model and tokenizer, the training options given."""
+    from textrnn.lm.finetune import finetune_configs, open_origin
+
+    model_options = given({**options, "cell": cell}, ModelConfig)
+    return finetune_configs(open_origin(init_from), model_options, given(options, TrainConfig))
 
 
 @click.command()
@@ -69,14 +77,33 @@ def _train_with_progress(model_config, train_config, out, resume=False, data_dir
     type=click.Path(file_okay=False, path_type=Path),
     help="Also log the curves (perplexities, bits/char, lr, gradient norm, tokens/s) to TensorBoard in this directory.",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    help="Fine-tune: start from this run's weights (its best; RUN/last.pt for the last), model and tokenizer, with a "
+    "fresh optimizer, schedule and limits. Options that change the model's shape or tokenizer are refused.",
+)
+@click.option(
+    "--extend-vocab",
+    is_flag=True,
+    help="With --init-from: add the corpus's characters that the run's vocabulary lacks (new rows at the mean of the "
+    "old ones, rarely predicted at first) instead of refusing them.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
 @command
-def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **options):
+def train(out, resume, tensorboard, data_dir, threads, json_output, cell, init_from, extend_vocab, **options):
     """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
     from textrnn.checkpoint import newest_run, read_config, train_config_of
     from textrnn.train.state import resumed_config
 
-    model_config, train_config = _configs(options, cell)
+    if extend_vocab and init_from is None:
+        raise TextrnnError("--extend-vocab grows the vocabulary of the run given by --init-from: add --init-from RUN")
+    if init_from is not None and resume:
+        raise TextrnnError("--init-from starts a new run and --resume continues one: give one of them")
+    if init_from is not None:
+        model_config, train_config = _finetune_configs(init_from, options, cell)
+    else:
+        model_config, train_config = _configs(options, cell)
     set_threads(threads)
     if resume:
         out = out or newest_run()
@@ -88,8 +115,9 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **opti
         from textrnn.train.tensorboard import require_tensorboard
 
         require_tensorboard()  # before training, not after
+    more = {"init_from": init_from, "extend_vocab": extend_vocab} if init_from is not None else {}
     summary = _train_with_progress(
-        model_config, train_config, out, resume=resume, data_dir=data_dir, tensorboard=tensorboard
+        model_config, train_config, out, resume=resume, data_dir=data_dir, tensorboard=tensorboard, **more
     )
     if os.environ.get("RANK", "0") != "0":  # under torchrun the first process reports for all
         sys.exit(130 if summary["interrupted"] else 0)
