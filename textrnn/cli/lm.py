@@ -233,6 +233,12 @@ def _table(rows: list[dict]) -> str:
 @click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
 @click.option("--prefix", default="", help="Text to continue; every sample starts with it.")
 @click.option(
+    "--prefix-file",
+    type=click.Path(path_type=Path),
+    help="Continue the text of this UTF-8 file instead of --prefix (any length: it is read in chunks, the state "
+    "carried).",
+)
+@click.option(
     "--length", type=int, default=200, show_default=True, help="Tokens to generate (characters with --tokenizer char)."
 )
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Below 1: safer text; above 1: wilder.")
@@ -256,18 +262,24 @@ def _table(rows: list[dict]) -> str:
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
-def sample(checkpoint, weights, prefix, device, json_output, **options):
-    """Generate text that continues --prefix (one sample streams to stdout as it is written)."""
+def sample(checkpoint, weights, prefix, prefix_file, device, json_output, **options):
+    """Generate text that continues --prefix or --prefix-file (one sample streams to stdout as it is written)."""
     from textrnn.config import SampleConfig
     from textrnn.lm.model import load_run
     from textrnn.lm.sample import generate, prompt_ids
+    from textrnn.text.corpus import read_text
     from textrnn.train.distributed import resolve_device
 
+    if prefix_file is not None:
+        if prefix:
+            raise TextrnnError("--prefix and --prefix-file both give the text to continue: give one of them")
+        prefix = read_text(prefix_file)
     config = SampleConfig(**options)
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
     seen = tokenizer.normalize(prefix)
     if not json_output and seen.lower() != prefix.lower():
-        click.echo(f"note: the model reads the prefix as {seen!r} (its training text was normalized)", err=True)
+        shown = repr(seen) if len(seen) <= 80 else f"{seen[:80]!r}..."
+        click.echo(f"note: the model reads the prefix as {shown} (its training text was normalized)", err=True)
     if not json_output and config.num_samples == 1 and config.beam == 1:
         prompt_ids(model, tokenizer, prefix)  # a bad prefix fails before anything is written
         _stream_sample(model, tokenizer, prefix, config)
