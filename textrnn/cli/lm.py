@@ -336,6 +336,13 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
 )
 @click.option("--text-file", type=click.Path(path_type=Path), help="Evaluate on this UTF-8 file instead of a split.")
 @click.option(
+    "--corpus",
+    multiple=True,
+    help="Evaluate the --split of another corpus (built-in name, file or directory; repeatable), cut with the run's "
+    "fractions; characters the run's vocabulary lacks are counted and listed.",
+)
+@click.option("--glob", help="With a --corpus directory: the files to read (e.g. '*.txt').")
+@click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache directory for built-in corpora."
 )
 @click.option(
@@ -359,9 +366,22 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
 @click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's choice]")
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
-def evaluate(checkpoint, weights, split, text_file, data_dir, device, threads, json_output, dynamic, **dynamic_options):
+def evaluate(
+    checkpoint,
+    weights,
+    split,
+    text_file,
+    corpus,
+    glob,
+    data_dir,
+    device,
+    threads,
+    json_output,
+    dynamic,
+    **dynamic_options,
+):
     """Cross-entropy, perplexity and bits per character, with the state carried through the whole text."""
-    from textrnn.lm.evaluate import evaluate_split, evaluate_text, run_splits
+    from textrnn.lm.evaluate import evaluate_corpus, evaluate_split, evaluate_text, run_splits
     from textrnn.lm.model import load_run
     from textrnn.train.distributed import resolve_device
 
@@ -369,9 +389,14 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, threads, j
     if settings and not dynamic:
         raise TextrnnError("--dynamic-lr, --dynamic-decay and --dynamic-segment set dynamic evaluation: add --dynamic")
     dynamic_config = DynamicConfig(**settings) if dynamic else None
+    if text_file is not None and corpus:
+        raise TextrnnError("--text-file and --corpus both name the text to evaluate: give one of them")
     set_threads(threads)
     model, tokenizer, config = load_run(checkpoint, weights, resolve_device(device))
-    if text_file is not None:
+    if corpus:
+        result = evaluate_corpus(model, tokenizer, config, corpus, split, glob, data_dir, dynamic_config)
+        source = f"{' '.join(corpus)} {split} split"
+    elif text_file is not None:
         train_tokens = run_splits(tokenizer, config, data_dir)["train"] if dynamic else None
         window = config["train"]["num_steps"]
         result = evaluate_text(model, tokenizer, text_file, window, dynamic_config, train_tokens)
@@ -388,6 +413,10 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, threads, j
         f"{result['bits_per_char']:.4f} bits/char, cross-entropy {result['cross_entropy']:.4f} nats "
         f"over {result['tokens']:,} tokens ({result['unknown_tokens']:,} unknown)"
     )
+    if result.get("unknown_characters"):
+        unknown = result["unknown_characters"]
+        listed = ", ".join(f"{char!r} ({count:,})" for char, count in list(unknown.items())[:40])
+        click.echo(f"{len(unknown)} characters the run's vocabulary lacks, scored as <unk>: {listed}")
     if dynamic:
         figures = result["dynamic"]
         change = 100 * (figures["bits_per_char"] / result["bits_per_char"] - 1)

@@ -21,7 +21,7 @@ from textrnn.lm.finetune import check_origin, grown_state, open_origin, unknown_
 from textrnn.lm.model import CharLM
 from textrnn.nn import activation_regularization, map_state, temporal_activation_regularization
 from textrnn.text.batching import Batches
-from textrnn.text.splits import document_starts, load_splits, pieces
+from textrnn.text.splits import document_starts, load_splits, pieces, unknown_characters
 from textrnn.text.tokenizer import load_tokenizer
 from textrnn.train.distributed import join
 from textrnn.train.state import given_now, resumed_config
@@ -253,7 +253,8 @@ def _starting_point(model_config, train_config, out_dir: Path, resume: bool, ini
 def _vocabulary_for(origin, train_config, data_dir, tokenizer, splits, data, extend_vocab: bool):
     """A fine-tuning's tokenizer and splits: the run's, or with ``extend_vocab`` grown by the characters of the
     new corpus that it lacks (refused without it) -> ``(tokenizer, splits, data, added characters)``."""
-    unknown = data.pop("unknown_characters", None) or {}
+    unknown = unknown_characters(data)
+    data.pop("unknown_characters", None)
     if not unknown:
         return tokenizer, splits, data, []
     if not extend_vocab:

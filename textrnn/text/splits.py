@@ -183,8 +183,29 @@ def load_splits(
         "characters": {name: part.stop - part.start for name, part in zip(("train", "val", "test"), parts)},
     }
     if given_tokenizer:
-        data["unknown_characters"] = unknown_counts(tokenizer, text, np.concatenate(list(splits.values())))
+        pairs = [(name, text[part], splits[name]) for name, part in zip(SPLIT_NAMES, parts)]
+        data["unknown_characters"] = _unknown_by_split(tokenizer, pairs)
     return tokenizer, splits, data
+
+
+def _unknown_by_split(tokenizer, pairs) -> dict:
+    """``{split: {character: count}}`` of the characters that ``tokenizer`` lacks, from ``(split, normalized
+    text, its ids)`` pieces."""
+    found: dict[str, dict[str, int]] = {name: {} for name in SPLIT_NAMES}
+    for name, text, ids in pairs:
+        for char, count in unknown_counts(tokenizer, text, ids).items():
+            found[name][char] = found[name].get(char, 0) + count
+    return found
+
+
+def unknown_characters(data: dict, names=("train", "val", "test")) -> dict[str, int]:
+    """The characters of the splits ``names`` that the tokenizer given to ``load_splits`` lacks, with their
+    counts, most frequent first (empty when none, or when no tokenizer was given)."""
+    merged: dict[str, int] = {}
+    for name in names:
+        for char, count in data.get("unknown_characters", {}).get(name, {}).items():
+            merged[char] = merged.get(char, 0) + count
+    return dict(sorted(merged.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _check_lengths(name, splits: dict) -> None:
@@ -234,9 +255,10 @@ def _load_documents(source: TextSource, data_dir: Path | None, tokenizer):
         ],
     }
     if given_tokenizer:
-        found: dict[str, int] = {}
-        for text, pieces in zip(texts, encoded):
-            for char, count in unknown_counts(tokenizer, text, np.concatenate(pieces)).items():
-                found[char] = found.get(char, 0) + count
-        data["unknown_characters"] = dict(sorted(found.items(), key=lambda item: (-item[1], item[0])))
+        pairs = [
+            (name, text[part[index]], pieces[index])
+            for text, part, pieces in zip(texts, parts, encoded)
+            for index, name in enumerate(SPLIT_NAMES)
+        ]
+        data["unknown_characters"] = _unknown_by_split(tokenizer, pairs)
     return tokenizer, splits, data
