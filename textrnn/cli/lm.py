@@ -89,9 +89,15 @@ def _finetune_configs(init_from: Path, options: dict, cell: str | None) -> tuple
     help="With --init-from: add the corpus's characters that the run's vocabulary lacks (new rows at the mean of the "
     "old ones, rarely predicted at first) instead of refusing them.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the resolved recipe (as TOML that --config reads back), the parameter count and the batches per epoch, "
+    "and exit without training.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
 @command
-def train(out, resume, tensorboard, data_dir, threads, json_output, cell, init_from, extend_vocab, **options):
+def train(out, resume, tensorboard, data_dir, threads, json_output, cell, init_from, extend_vocab, dry_run, **options):
     """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
     from textrnn.checkpoint import newest_run, read_config, train_config_of
     from textrnn.train.state import resumed_config
@@ -105,6 +111,11 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, init_f
     else:
         model_config, train_config = _configs(options, cell)
     set_threads(threads)
+    if dry_run:
+        if resume:
+            raise TextrnnError("--dry-run shows the recipe of a new run: drop --resume")
+        _dry_run(model_config, train_config, data_dir, init_from, extend_vocab, json_output)
+        return
     if resume:
         out = out or newest_run()
         warn_ignored_on_resume({**options, "cell": cell})
@@ -146,6 +157,37 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, init_f
             click.echo(f'next: textrnn fill --checkpoint {out} "time tr_veller"   or   textrnn eval')
         else:
             click.echo('next: textrnn sample --prefix "time traveller"   or   textrnn eval')
+
+
+def _dry_run(model_config, train_config, data_dir, init_from, extend_vocab, json_output) -> None:
+    from textrnn.lm.task import plan
+
+    result = plan(model_config, train_config, data_dir=data_dir, init_from=init_from, extend_vocab=extend_vocab)
+    if json_output:
+        click.echo(json.dumps(json_safe(result), allow_nan=False, ensure_ascii=False))
+        return
+    settings = {**result["model"], **result["train"]}
+    settings.pop("vocab_size")  # from the tokenizer, not an option
+    click.echo("# the resolved recipe of textrnn train (--config reads it back)")
+    for name, value in settings.items():
+        click.echo(f"# {name} = (not set)" if value is None else f"{name} = {_toml_value(value)}")
+    data = result["data"]
+    tokens = data["tokens"]
+    click.echo(
+        f"# {result['parameters']:,} parameters, vocabulary of {result['model']['vocab_size']:,}, "
+        f"{result['batches_per_epoch']:,} batches per epoch; {tokens['train']:,} train / {tokens['val']:,} val / "
+        f"{tokens['test']:,} test tokens"
+        + (f" from {data['documents']:,} documents" if "documents" in data else "")
+        + (f"; fine-tuning from {result['init_from']['run']}" if "init_from" in result else "")
+    )
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 
 
 @click.command()

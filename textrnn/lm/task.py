@@ -73,6 +73,7 @@ class LanguageModelTask(Task):
         self.train_config = train_config
         self.data = data
         self.initial_state = initial_state  # fine-tuning: the weights the model starts from
+        self.notes: list[str] = []  # lines the progress printer shows first
         self.infill = model_config.task == "infill"
         self.batch_stream = Batches(
             torch.from_numpy(splits["train"]).to(device),
@@ -105,11 +106,18 @@ class LanguageModelTask(Task):
     def start_info(self) -> dict:
         """The corpus, and ``source``: what a progress line says is trained on."""
         data, tokens = self.data, self.data["tokens"]
+        corpus = data["corpus"] if isinstance(data["corpus"], str) else " ".join(data["corpus"])
+        notes = list(self.notes)
+        if data.get("documents"):
+            skipped = ", ".join(f"{count} {kind}" for kind, count in data["skipped"].items() if count)
+            corpus = f"{len(data['documents'])} documents of {corpus}"
+            if skipped:
+                notes.append(f"skipped {skipped} files of {' '.join(data['paths'])}")
         source = (
-            f"{data['corpus']} ({data['normalize']} normalization; {tokens['train']:,} train / {tokens['val']:,} val / "
+            f"{corpus} ({data['normalize']} normalization; {tokens['train']:,} train / {tokens['val']:,} val / "
             f"{tokens['test']:,} test tokens)"
         )
-        return {"data": data, "source": source}
+        return {"data": data, "source": source, "notes": notes}
 
     def batches(self, epoch: int, start: int):
         return self.batch_stream.epoch(epoch, start)
@@ -210,6 +218,11 @@ def train(
     task = LanguageModelTask(
         model_config, train_config, splits, data, tokenizer, device, None if origin is None else origin.state
     )
+    if origin is not None:
+        task.notes.append(
+            f"fine-tuning from {origin.run_dir} ({origin.weights} weights)"
+            + (f"; {len(added)} characters added to its vocabulary: {''.join(added)!r}" if added else "")
+        )
     summary = fit(
         task,
         train_config,
@@ -225,6 +238,51 @@ def train(
     if origin is not None:
         summary["init_from"] = sections["init_from"]["run"]
     return summary
+
+
+def plan(
+    model_config: ModelConfig | None,
+    train_config: TrainConfig,
+    *,
+    data_dir: Path | None = None,
+    init_from: str | Path | None = None,
+    extend_vocab: bool = False,
+) -> dict:
+    """What ``train`` would do with these arguments, without training or writing anything (``train --dry-run``):
+    the resolved ``model`` and ``train`` configs (vocabulary size filled in), the corpus (``data``, the number of
+    documents instead of their list), ``parameters``, ``batches_per_epoch`` and, when fine-tuning, ``init_from``.
+    The same checks as ``train`` run first, so a recipe that would fail fails here."""
+    model_config, train_config, tokenizer, origin, _ = _starting_point(
+        model_config, train_config, Path("."), False, init_from
+    )
+    tokenizer, splits, data = load_splits(train_config, data_dir, tokenizer)
+    added = []
+    if origin is not None:
+        tokenizer, splits, data, added = _vocabulary_for(
+            origin, train_config, data_dir, tokenizer, splits, data, extend_vocab
+        )
+    data.pop("unknown_characters", None)
+    model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
+    batches = Batches(
+        torch.from_numpy(splits["train"]),
+        train_config.batch_size,
+        train_config.num_steps,
+        train_config.partition,
+        train_config.seed,
+    )
+    described = {key: value for key, value in data.items() if key != "documents"}
+    if "documents" in data:
+        described["documents"] = len(data["documents"])
+    result = {
+        "model": dataclasses.asdict(model_config),
+        "train": dataclasses.asdict(train_config),
+        "data": described,
+        "parameters": sum(parameter.numel() for parameter in CharLM(model_config).parameters()),
+        "batches_per_epoch": batches.per_epoch,
+    }
+    if origin is not None:
+        result["init_from"] = origin.record(added)
+    return result
 
 
 def _starting_point(model_config, train_config, out_dir: Path, resume: bool, init_from):
