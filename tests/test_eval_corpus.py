@@ -38,3 +38,19 @@ def test_eval_of_another_corpus_reports_its_unknown_characters(tiny_corpus, tmp_
     assert both.exit_code == 1 and both.output.startswith("error: --text-file and --corpus")
     text_file = json.loads(runner.invoke(cli, [*args[:-2], "--text-file", str(other), "--json"]).stdout)
     assert text_file["unknown_characters"] == {"Z": 2, "$": 2}
+
+
+def test_a_large_file_is_read_whole_with_a_given_tokenizer_rather_than_cached_with_its_own(tmp_path, monkeypatch):
+    from textrnn.text import splits as splits_module
+    from textrnn.text.splits import TextSource, load_splits, unknown_characters
+    from textrnn.text.tokenizer import build_tokenizer
+
+    monkeypatch.setattr(splits_module, "LARGE_FILE", 100)  # the tiny file counts as large
+    big = tmp_path / "big.txt"
+    big.write_text(TINY_TEXT + " Zoo", encoding="utf-8")
+    run_tokenizer = build_tokenizer("char", TINY_TEXT, "none")
+    _, _, data = load_splits(TextSource(corpus=str(big)), tmp_path / "data", run_tokenizer)
+    assert "prepared" not in data and unknown_characters(data) == {"Z": 1}
+    assert not (tmp_path / "data" / "prepared").exists()
+    _, _, own = load_splits(TextSource(corpus=str(big)), tmp_path / "data")  # no tokenizer given: the cache
+    assert "prepared" in own

@@ -159,6 +159,12 @@ def grown_state(old: dict, fresh: dict) -> dict:
     """``old`` weights fitted to the shapes of ``fresh`` (a model's ``state_dict`` with a larger vocabulary):
     a tensor whose shape grew along its vocabulary dimension keeps its old entries; the new entries are the mean
     of the old ones along that dimension, except the head's bias, which gets the lowest old bias minus ``ln V``."""
+    differ = sorted(set(old) ^ set(fresh))
+    if differ:
+        raise TextrnnError(
+            f"the run's weights do not fit this model ({', '.join(differ[:3])} differ): fine-tune with the run's "
+            "--backend"
+        )
     grown = {}
     for name, tensor in old.items():
         target = fresh[name]

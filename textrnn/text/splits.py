@@ -121,10 +121,15 @@ def _prepared(source, path: Path, normalize: str, directory: Path | None, tokeni
     if size < LARGE_FILE and not any((root / "prepared").glob(f"{path.stem}-*")):
         return None  # small and never prepared: read it whole (no hashing needed to know)
     sha1 = sha1_of(path)
-    if size < LARGE_FILE and not is_complete(cache_dir(path, sha1, settings, root)):
+    complete = is_complete(cache_dir(path, sha1, settings, root))
+    # A given tokenizer (a resumed or fine-tuned run, eval --corpus) is not the one a new cache would learn: read the
+    # file whole with it rather than build a cache it cannot use.
+    if not complete and (size < LARGE_FILE or (tokenizer is not None and not always)):
         return None
     cached_tokenizer, splits, meta = load_prepared(prepare(path, sha1, settings, root))
     if tokenizer is not None and tokenizer.to_json() != cached_tokenizer.to_json():
+        if not always:
+            return None  # the cache of another run's vocabulary: read the file whole with this one
         raise TextrnnError(
             f"the prepared cache of {path} has another tokenizer than this run: delete it or --resume elsewhere"
         )
