@@ -151,3 +151,14 @@ def test_the_cli_takes_several_corpora_and_names_a_bad_file_in_one_line(folder, 
     bad = runner.invoke(cli, ["train", *TINY_CLI, *steps, "--corpus", str(folder), "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 1 and bad.output.count("\n") == 1
     assert "bad.txt is not valid UTF-8 (bad byte at offset 3)" in bad.output
+
+
+def test_a_toml_corpus_is_one_path_as_a_string_or_several_as_a_list(folder, tiny_corpus, tmp_path):
+    runner = CliRunner()
+    for value, expected in ((f'"{tiny_corpus}"', str(tiny_corpus)), (f'["{tiny_corpus}", "{folder}"]', None)):
+        recipe = tmp_path / "recipe.toml"
+        recipe.write_text(f"corpus = {value}\n")
+        result = runner.invoke(cli, ["train", *TINY_CLI, "--config", str(recipe), "--dry-run", "--json"])
+        assert result.exit_code == 0, result.output
+        corpus = json.loads(result.stdout)["train"]["corpus"]
+        assert corpus == (expected or [str(tiny_corpus), str(folder)])
