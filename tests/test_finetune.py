@@ -164,3 +164,15 @@ def test_the_cli_fine_tunes_and_refuses_in_one_line(base_run, new_corpus, tmp_pa
     assert both.exit_code == 1 and "--resume" in both.output
     alone = runner.invoke(main, ["train", *TINY_CLI, "--extend-vocab", "--out", str(tmp_path / "d")])
     assert alone.exit_code == 1 and "--init-from" in alone.output
+
+
+def test_a_byte_run_fine_tunes_on_any_text_without_extend_vocab(tiny_corpus, new_corpus, tmp_path):
+    options = {**TINY_TRAIN, "tokenizer": "byte"}
+    train(ModelConfig(**TINY_MODEL), TrainConfig(corpus=str(tiny_corpus), **options), tmp_path / "bytes")
+    origin = open_origin(tmp_path / "bytes")
+    model_config, train_config = finetune_configs(origin, {}, {"corpus": str(new_corpus), **TINY_TRAIN})
+    assert train_config.tokenizer == "byte"
+    summary = train(model_config, train_config, tmp_path / "tuned", init_from=tmp_path / "bytes")
+    assert summary["steps"] == TINY_TRAIN["max_steps"]
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["init_from"]["added_characters"] == [] and config["model"]["vocab_size"] == 257
