@@ -1,4 +1,4 @@
-"""Build, offline, the corpora that docs/results.md and docs/recipes.md measure on, from text every Debian machine
+"""Build, offline, the corpora that docs/results.md and docs/training.md measure on, from text every Debian machine
 with Python has: the Python standard library's sources, the man pages, Vim's manual, Perl's manual.
 
     python scripts/corpora.py OUT_DIR              # every corpus below

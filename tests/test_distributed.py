@@ -88,3 +88,17 @@ def test_forecasting_with_two_processes_follows_one_with_the_same_global_batch(t
             assert double[key] == pytest.approx(single[key], rel=1e-4), (key, single, double)
     weights = [torch.load(run / "last.pt", weights_only=True)["model"] for run in (one, two)]
     assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-5) for name in weights[0])
+
+
+def test_two_processes_follow_one_on_a_corpus_of_several_documents(tmp_path):
+    """The documents' starts split a batch into pieces (several forward calls before one backward): DDP agrees."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"{index}.txt").write_text(TINY_TEXT[index * 7 :] * 4, encoding="utf-8")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train(folder, one, 1, "--max-steps", "8").returncode == 0
+    result = train(folder, two, 2, "--max-steps", "8")
+    assert result.returncode == 0, result.stderr
+    for single, double in zip(metrics(one), metrics(two), strict=True):
+        assert double["val_perplexity"] == pytest.approx(single["val_perplexity"], rel=1e-4)

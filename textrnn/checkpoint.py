@@ -253,9 +253,11 @@ def load_weights(run_dir: Path, weights: str | None, model: torch.nn.Module, dev
 
 
 def train_config_of(config: dict) -> TrainConfig:
-    """The ``TrainConfig`` of a stored run; a corpus file is named by the absolute path stored with it, so the run
-    finds its text from any working directory."""
+    """The ``TrainConfig`` of a stored run; a corpus file (or directory, or each of several paths) is named by the
+    absolute path stored with it, so the run finds its text from any working directory."""
     train = from_dict(TrainConfig, config["train"])
-    if train.corpus not in BUILTIN:
+    if isinstance(train.corpus, tuple):  # several paths: each stored absolute (built-in names as they are)
+        train = dataclasses.replace(train, corpus=tuple(config["data"]["paths"]))
+    elif train.corpus not in BUILTIN:
         train = dataclasses.replace(train, corpus=config["data"]["path"])
     return train

@@ -15,7 +15,7 @@ from textrnn.errors import TextrnnError
 from textrnn.nn.layers import BACKENDS, CELLS, SCRATCH_ONLY_CELLS, check_backend, check_minimal, check_regularizers
 from textrnn.nn.minimal import BLOCKS, MINIMAL_CELLS
 from textrnn.nn.regularize import check_probability
-from textrnn.text.splits import TextSource
+from textrnn.text.splits import TextSource, corpus_value
 from textrnn.timeseries.features import CALENDARS
 
 TASKS = ("causal", "infill")
@@ -186,8 +186,8 @@ class ModelConfig:
 class TrainConfig:
     """Data, optimisation and run-length settings of one training run."""
 
-    corpus: str = "timemachine"
-    normalize: str | None = None  # None: d2l for built-in corpora, none for files
+    corpus: str | tuple[str, ...] = "timemachine"  # a built-in name, a file or a directory; a tuple: several
+    normalize: str | None = None  # None: d2l for a built-in corpus, none for files and several documents
     tokenizer: str = "char"  # char: one token per character; byte: one per UTF-8 byte; bpe: byte-level BPE
     bpe_vocab_size: int = 1000  # with tokenizer "bpe": the vocabulary it learns on the training split
     val_fraction: float = 0.05
@@ -218,8 +218,10 @@ class TrainConfig:
     average: str = "ema"  # averaged weights, evaluated beside the trained ones: ema | asgd (see trainer)
     average_decay: float = 0.998  # ema: the weight of the running average at each step
     average_after: int = 2  # asgd: validations without a gain before the averaging starts
+    glob: str | None = None  # the files of a --corpus directory to read, by name (*.txt) or path (None: all)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "corpus", corpus_value(self.corpus))
         if self.epochs is None and self.max_steps is None and self.max_seconds is None:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
             object.__setattr__(self, "max_seconds", DEFAULT_SECONDS)

@@ -83,6 +83,9 @@ def load_config(context: click.Context, parameter: click.Parameter, value: str |
         raise click.BadParameter(f"{path} is not valid TOML ({error})", param_hint="--config") from None
     known = {p.name for p in context.command.params} - {"config", "debug", "json_output"}
     settings = {key.replace("-", "_"): item for key, item in data.items()}
+    repeatable = {p.name for p in context.command.params if getattr(p, "multiple", False)}
+    # corpus = "file.txt" means the one file, as before --corpus could be repeated
+    settings = {key: [item] if key in repeatable and isinstance(item, str) else item for key, item in settings.items()}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise click.BadParameter(f"{path} sets unknown options {unknown}", param_hint="--config")

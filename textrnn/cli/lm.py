@@ -47,11 +47,19 @@ def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]
     return ModelConfig(**given(options, ModelConfig)), TrainConfig(**given(options, TrainConfig))
 
 
-def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, tensorboard=None):
+def _train_with_progress(model_config, train_config, out, resume=False, data_dir=None, tensorboard=None, **more):
     from textrnn.lm.task import train
 
     arguments = {"model_config": model_config, "train_config": train_config, "out_dir": out, "data_dir": data_dir}
-    return run_with_progress(train, tensorboard, resume=resume, **arguments)
+    return run_with_progress(train, tensorboard, resume=resume, **arguments, **more)
+
+
+def _finetune_configs(init_from: Path, options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of ``--init-from``: the run's model and tokenizer, the training options given."""
+    from textrnn.lm.finetune import finetune_configs, open_origin
+
+    model_options = given({**options, "cell": cell}, ModelConfig)
+    return finetune_configs(open_origin(init_from), model_options, given(options, TrainConfig))
 
 
 @click.command()
@@ -69,15 +77,45 @@ def _train_with_progress(model_config, train_config, out, resume=False, data_dir
     type=click.Path(file_okay=False, path_type=Path),
     help="Also log the curves (perplexities, bits/char, lr, gradient norm, tokens/s) to TensorBoard in this directory.",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    help="Fine-tune: start from this run's weights (its best; RUN/last.pt for the last), model and tokenizer, with a "
+    "fresh optimizer, schedule and limits. Options that change the model's shape or tokenizer are refused.",
+)
+@click.option(
+    "--extend-vocab",
+    is_flag=True,
+    help="With --init-from: add the corpus's characters that the run's vocabulary lacks (new rows at the mean of the "
+    "old ones, rarely predicted at first) instead of refusing them.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the resolved recipe (as TOML that --config reads back), the parameter count and the batches per epoch, "
+    "and exit without training.",
+)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON summary on stdout.")
 @command
-def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **options):
+def train(out, resume, tensorboard, data_dir, threads, json_output, cell, init_from, extend_vocab, dry_run, **options):
     """Train a character language model (default: the CPU recipe on the Time Machine, about 5 minutes)."""
     from textrnn.checkpoint import newest_run, read_config, train_config_of
     from textrnn.train.state import resumed_config
 
-    model_config, train_config = _configs(options, cell)
+    if extend_vocab and init_from is None:
+        raise TextrnnError("--extend-vocab grows the vocabulary of the run given by --init-from: add --init-from RUN")
+    if init_from is not None and resume:
+        raise TextrnnError("--init-from starts a new run and --resume continues one: give one of them")
+    if init_from is not None:
+        model_config, train_config = _finetune_configs(init_from, options, cell)
+    else:
+        model_config, train_config = _configs(options, cell)
     set_threads(threads)
+    if dry_run:
+        if resume:
+            raise TextrnnError("--dry-run shows the recipe of a new run: drop --resume")
+        _dry_run(model_config, train_config, data_dir, init_from, extend_vocab, json_output)
+        return
     if resume:
         out = out or newest_run()
         warn_ignored_on_resume({**options, "cell": cell})
@@ -88,8 +126,9 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **opti
         from textrnn.train.tensorboard import require_tensorboard
 
         require_tensorboard()  # before training, not after
+    more = {"init_from": init_from, "extend_vocab": extend_vocab} if init_from is not None else {}
     summary = _train_with_progress(
-        model_config, train_config, out, resume=resume, data_dir=data_dir, tensorboard=tensorboard
+        model_config, train_config, out, resume=resume, data_dir=data_dir, tensorboard=tensorboard, **more
     )
     if os.environ.get("RANK", "0") != "0":  # under torchrun the first process reports for all
         sys.exit(130 if summary["interrupted"] else 0)
@@ -118,6 +157,37 @@ def train(out, resume, tensorboard, data_dir, threads, json_output, cell, **opti
             click.echo(f'next: textrnn fill --checkpoint {out} "time tr_veller"   or   textrnn eval')
         else:
             click.echo('next: textrnn sample --prefix "time traveller"   or   textrnn eval')
+
+
+def _dry_run(model_config, train_config, data_dir, init_from, extend_vocab, json_output) -> None:
+    from textrnn.lm.task import plan
+
+    result = plan(model_config, train_config, data_dir=data_dir, init_from=init_from, extend_vocab=extend_vocab)
+    if json_output:
+        click.echo(json.dumps(json_safe(result), allow_nan=False, ensure_ascii=False))
+        return
+    settings = {**result["model"], **result["train"]}
+    settings.pop("vocab_size")  # from the tokenizer, not an option
+    click.echo("# the resolved recipe of textrnn train (--config reads it back)")
+    for name, value in settings.items():
+        click.echo(f"# {name} = (not set)" if value is None else f"{name} = {_toml_value(value)}")
+    data = result["data"]
+    tokens = data["tokens"]
+    click.echo(
+        f"# {result['parameters']:,} parameters, vocabulary of {result['model']['vocab_size']:,}, "
+        f"{result['batches_per_epoch']:,} batches per epoch; {tokens['train']:,} train / {tokens['val']:,} val / "
+        f"{tokens['test']:,} test tokens"
+        + (f" from {data['documents']:,} documents" if "documents" in data else "")
+        + (f"; fine-tuning from {result['init_from']['run']}" if "init_from" in result else "")
+    )
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 
 
 @click.command()
@@ -205,6 +275,12 @@ def _table(rows: list[dict]) -> str:
 @click.option("--weights", type=click.Choice(["best", "last"]), help="Which weights of the run.  [default: best]")
 @click.option("--prefix", default="", help="Text to continue; every sample starts with it.")
 @click.option(
+    "--prefix-file",
+    type=click.Path(path_type=Path),
+    help="Continue the text of this UTF-8 file instead of --prefix (any length: it is read in chunks, the state "
+    "carried).",
+)
+@click.option(
     "--length", type=int, default=200, show_default=True, help="Tokens to generate (characters with --tokenizer char)."
 )
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Below 1: safer text; above 1: wilder.")
@@ -228,18 +304,24 @@ def _table(rows: list[dict]) -> str:
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
-def sample(checkpoint, weights, prefix, device, json_output, **options):
-    """Generate text that continues --prefix (one sample streams to stdout as it is written)."""
+def sample(checkpoint, weights, prefix, prefix_file, device, json_output, **options):
+    """Generate text that continues --prefix or --prefix-file (one sample streams to stdout as it is written)."""
     from textrnn.config import SampleConfig
     from textrnn.lm.model import load_run
     from textrnn.lm.sample import generate, prompt_ids
+    from textrnn.text.corpus import read_text
     from textrnn.train.distributed import resolve_device
 
+    if prefix_file is not None:
+        if prefix:
+            raise TextrnnError("--prefix and --prefix-file both give the text to continue: give one of them")
+        prefix = read_text(prefix_file)
     config = SampleConfig(**options)
     model, tokenizer, _ = load_run(checkpoint, weights, resolve_device(device))
     seen = tokenizer.normalize(prefix)
     if not json_output and seen.lower() != prefix.lower():
-        click.echo(f"note: the model reads the prefix as {seen!r} (its training text was normalized)", err=True)
+        shown = repr(seen) if len(seen) <= 80 else f"{seen[:80]!r}..."
+        click.echo(f"note: the model reads the prefix as {shown} (its training text was normalized)", err=True)
     if not json_output and config.num_samples == 1 and config.beam == 1:
         prompt_ids(model, tokenizer, prefix)  # a bad prefix fails before anything is written
         _stream_sample(model, tokenizer, prefix, config)
@@ -296,6 +378,13 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
 )
 @click.option("--text-file", type=click.Path(path_type=Path), help="Evaluate on this UTF-8 file instead of a split.")
 @click.option(
+    "--corpus",
+    multiple=True,
+    help="Evaluate the --split of another corpus (built-in name, file or directory; repeatable), cut with the run's "
+    "fractions; characters the run's vocabulary lacks are counted and listed.",
+)
+@click.option("--glob", help="With a --corpus directory: the files to read (e.g. '*.txt').")
+@click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache directory for built-in corpora."
 )
 @click.option(
@@ -319,9 +408,22 @@ def _stream_sample(model, tokenizer, prefix, config) -> None:
 @click.option("--threads", type=int, help="CPU threads for torch.  [default: torch's choice]")
 @click.option("--json", "json_output", is_flag=True, help="Print only a JSON object on stdout.")
 @command
-def evaluate(checkpoint, weights, split, text_file, data_dir, device, threads, json_output, dynamic, **dynamic_options):
+def evaluate(
+    checkpoint,
+    weights,
+    split,
+    text_file,
+    corpus,
+    glob,
+    data_dir,
+    device,
+    threads,
+    json_output,
+    dynamic,
+    **dynamic_options,
+):
     """Cross-entropy, perplexity and bits per character, with the state carried through the whole text."""
-    from textrnn.lm.evaluate import evaluate_split, evaluate_text, run_splits
+    from textrnn.lm.evaluate import evaluate_corpus, evaluate_split, evaluate_text, run_splits
     from textrnn.lm.model import load_run
     from textrnn.train.distributed import resolve_device
 
@@ -329,9 +431,14 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, threads, j
     if settings and not dynamic:
         raise TextrnnError("--dynamic-lr, --dynamic-decay and --dynamic-segment set dynamic evaluation: add --dynamic")
     dynamic_config = DynamicConfig(**settings) if dynamic else None
+    if text_file is not None and corpus:
+        raise TextrnnError("--text-file and --corpus both name the text to evaluate: give one of them")
     set_threads(threads)
     model, tokenizer, config = load_run(checkpoint, weights, resolve_device(device))
-    if text_file is not None:
+    if corpus:
+        result = evaluate_corpus(model, tokenizer, config, corpus, split, glob, data_dir, dynamic_config)
+        source = f"{' '.join(corpus)} {split} split"
+    elif text_file is not None:
         train_tokens = run_splits(tokenizer, config, data_dir)["train"] if dynamic else None
         window = config["train"]["num_steps"]
         result = evaluate_text(model, tokenizer, text_file, window, dynamic_config, train_tokens)
@@ -348,6 +455,10 @@ def evaluate(checkpoint, weights, split, text_file, data_dir, device, threads, j
         f"{result['bits_per_char']:.4f} bits/char, cross-entropy {result['cross_entropy']:.4f} nats "
         f"over {result['tokens']:,} tokens ({result['unknown_tokens']:,} unknown)"
     )
+    if result.get("unknown_characters"):
+        unknown = result["unknown_characters"]
+        listed = ", ".join(f"{char!r} ({count:,})" for char, count in list(unknown.items())[:40])
+        click.echo(f"{len(unknown)} characters the run's vocabulary lacks, scored as <unk>: {listed}")
     if dynamic:
         figures = result["dynamic"]
         change = 100 * (figures["bits_per_char"] / result["bits_per_char"] - 1)

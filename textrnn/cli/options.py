@@ -120,7 +120,23 @@ SPLITS: list[Option] = [
 ]
 
 LANGUAGE_MODEL: list[Option] = [
-    (("--corpus",), {"help": "Built-in corpus (timemachine) or a UTF-8 text file."}),
+    (
+        ("--corpus",),
+        {
+            "multiple": True,
+            "callback": lambda context, parameter, value: value or None,  # not given: the config's default
+            "help": "Built-in corpus (timemachine), a UTF-8 text file, or a directory (read recursively); repeat for "
+            "several: each file is a document, split on its own and started from a fresh state.",
+        },
+    ),
+    (
+        ("--glob",),
+        {
+            "help": "With a --corpus directory: the files to read, by name (e.g. '*.txt') or, with a /, by path "
+            "below the directory. Hidden, binary and empty files are always skipped.",
+            "default_text": "every file",
+        },
+    ),
     (
         ("--normalize",),
         {

@@ -12,18 +12,31 @@ import math
 import torch
 from torch.nn import functional as F
 
+from textrnn.text.splits import document_starts, pieces, unknown_characters
+from textrnn.text.tokenizer import unknown_counts
+
 EVAL_CHUNK = 1024  # time steps per forward call; any value gives the same result
 EVAL_ROWS = 256  # windows per forward call for infill models
 
 
 @torch.no_grad()
-def cross_entropy_sum(model, tokens: torch.Tensor, window: int = 256) -> tuple[torch.Tensor, int]:
+def cross_entropy_sum(
+    model, tokens: torch.Tensor, window: int = 256, starts: list[int] | None = None
+) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy (nats, a 0-d tensor on the model's device) and the number of predicted tokens.
 
     Causal models predict ``tokens[1:]`` from one carried stream. Infill models predict every
     token from the text on both sides of it within non-overlapping windows of ``window`` tokens
-    (use the training ``num_steps``, the context the model learned with).
+    (use the training ``num_steps``, the context the model learned with). ``starts``: where
+    documents begin in ``tokens``; each is then scored on its own, from a fresh state.
     """
+    if starts:
+        total, count = torch.zeros((), device=tokens.device), 0
+        for piece in pieces(tokens, starts):
+            if piece.numel() >= 2 or getattr(model.config, "task", "causal") == "infill":
+                piece_total, piece_count = cross_entropy_sum(model, piece, window)
+                total, count = total + piece_total, count + piece_count
+        return total, count
     was_training = model.training
     model.eval()
     try:
@@ -69,13 +82,19 @@ def metrics_from_sum(nats: float, count: int, characters: int | None = None) -> 
 
 
 def perplexity(
-    model, tokens: torch.Tensor, unk_id: int | None = 0, window: int = 256, characters: int | None = None
+    model,
+    tokens: torch.Tensor,
+    unk_id: int | None = 0,
+    window: int = 256,
+    characters: int | None = None,
+    starts: list[int] | None = None,
 ) -> dict:
     """Exact metrics of ``model`` on a token stream ``(N,)``: see ``metrics_from_sum``, plus unknown tokens.
-    ``characters``: how many characters the predicted tokens spell, when that is not one per token."""
+    ``characters``: how many characters the predicted tokens spell, when that is not one per token.
+    ``starts``: where documents begin in ``tokens`` (each is scored from a fresh state)."""
     if tokens.numel() < 2:
         raise ValueError("perplexity needs at least two tokens")
-    total, count = cross_entropy_sum(model, tokens, window)
+    total, count = cross_entropy_sum(model, tokens, window, starts)
     result = metrics_from_sum(float(total), count, characters)
     result["unknown_tokens"] = 0 if unk_id is None else int((tokens == unk_id).sum())
     return result
@@ -83,18 +102,22 @@ def perplexity(
 
 def evaluate_text(model, tokenizer, path, window: int = 256, dynamic=None, train_tokens=None) -> dict:
     """Exact metrics on a UTF-8 text file (normalized as the model's training text was); with ``dynamic`` (a
-    ``lm.dynamic.DynamicConfig``) also dynamic evaluation's, its gradient statistics read from ``train_tokens``."""
+    ``lm.dynamic.DynamicConfig``) also dynamic evaluation's, its gradient statistics read from ``train_tokens``.
+    ``unknown_characters`` maps the characters the vocabulary lacks to their counts."""
     from textrnn.errors import TextrnnError
     from textrnn.text.corpus import read_text
 
-    ids = tokenizer.encode_compact(read_text(path))
+    text = tokenizer.normalize(read_text(path))
+    ids = tokenizer.encode_compact(text)
     if len(ids) < 2:
         raise TextrnnError(f"{path} has {len(ids)} tokens after normalization: evaluation needs at least two")
-    return _evaluate(model, tokenizer, ids, window, dynamic, train_tokens)
+    result = _evaluate(model, tokenizer, ids, window, dynamic, train_tokens)
+    return {**result, "unknown_characters": unknown_counts(tokenizer, text, ids)}
 
 
-def run_splits(tokenizer, run_config: dict, data_dir=None) -> dict:
-    """The train / val / test token arrays of the corpus a run was trained on (checked by its sha1)."""
+def run_data(tokenizer, run_config: dict, data_dir=None) -> tuple[dict, dict]:
+    """The train / val / test token arrays of the corpus a run was trained on (checked by its sha1), and the
+    description of that corpus (``load_splits``'s ``data``)."""
     from textrnn.checkpoint import train_config_of
     from textrnn.errors import TextrnnError
     from textrnn.text.splits import load_splits
@@ -102,31 +125,60 @@ def run_splits(tokenizer, run_config: dict, data_dir=None) -> dict:
     _, splits, data = load_splits(train_config_of(run_config), data_dir, tokenizer)
     if data["sha1"] != run_config["data"]["sha1"]:
         raise TextrnnError(
-            f"{data['path']} is not the text this run was trained on (sha1 differs), so its splits are not "
-            "the same text: evaluate a file with --text-file instead"
+            f"{data['path'] or ' '.join(data['paths'])} is not the text this run was trained on (sha1 differs), so "
+            "its splits are not the same text: evaluate it with --corpus or --text-file instead"
         )
-    return splits
+    return splits, data
+
+
+def run_splits(tokenizer, run_config: dict, data_dir=None) -> dict:
+    """The train / val / test token arrays of the corpus a run was trained on (checked by its sha1)."""
+    return run_data(tokenizer, run_config, data_dir)[0]
 
 
 def evaluate_split(model, tokenizer, run_config: dict, split: str, data_dir=None, dynamic=None) -> dict:
     """Exact metrics on one split of the corpus a run was trained on; with ``dynamic``, dynamic evaluation's too
     (its gradient statistics from the training split)."""
-    splits = run_splits(tokenizer, run_config, data_dir)
+    splits, data = run_data(tokenizer, run_config, data_dir)
     window = run_config["train"]["num_steps"]
-    return _evaluate(model, tokenizer, splits[split], window, dynamic, splits["train"])
+    return _evaluate(model, tokenizer, splits[split], window, dynamic, splits["train"], document_starts(data, split))
 
 
-def _evaluate(model, tokenizer, ids, window: int, dynamic, train_tokens) -> dict:
+def evaluate_corpus(
+    model, tokenizer, run_config: dict, corpus, split: str = "test", glob=None, data_dir=None, dynamic=None
+) -> dict:
+    """Exact metrics on one split of another corpus (a built-in name, a file, a directory or a tuple of those), cut
+    into splits with the run's fractions and read with its normalization and tokenizer. Characters the vocabulary
+    lacks are scored as ``<unk>`` and reported in ``unknown_characters`` (character -> count)."""
+    from textrnn.text.splits import TextSource, load_splits
+
+    stored = run_config["train"]
+    source = TextSource(
+        corpus=corpus,
+        normalize=run_config["data"]["normalize"],
+        tokenizer=run_config["tokenizer"].get("type", "char"),
+        val_fraction=stored["val_fraction"],
+        test_fraction=stored["test_fraction"],
+        glob=glob,
+    )
+    _, splits, data = load_splits(source, data_dir, tokenizer)
+    window = stored["num_steps"]
+    starts = document_starts(data, split)
+    result = _evaluate(model, tokenizer, splits[split], window, dynamic, splits["train"], starts)
+    return {**result, "unknown_characters": unknown_characters(data, (split,))}
+
+
+def _evaluate(model, tokenizer, ids, window: int, dynamic, train_tokens, starts=None) -> dict:
     """``perplexity`` of the ids, and with ``dynamic`` the ``dynamic`` figures beside it."""
     device = next(model.parameters()).device
     tokens = torch.as_tensor(ids, device=device)
-    characters = tokenizer.count_characters(ids[1:])
-    result = perplexity(model, tokens, tokenizer.unk_id, window, characters)
+    characters = sum(tokenizer.count_characters(piece[1:]) for piece in pieces(ids, starts))
+    result = perplexity(model, tokens, tokenizer.unk_id, window, characters, starts)
     if dynamic is not None:
         from textrnn.lm.dynamic import dynamic_sum
 
         nats, count = dynamic_sum(model, tokens, torch.as_tensor(train_tokens, device=device), dynamic)
-        figures = metrics_from_sum(nats, count, characters)
+        figures = metrics_from_sum(nats, count, tokenizer.count_characters(ids[1:]))
         settings = {"lr": dynamic.lr, "decay": dynamic.decay, "segment": dynamic.segment}
         result["dynamic"] = {key: figures[key] for key in ("cross_entropy", "perplexity", "bits_per_char")} | settings
     return result

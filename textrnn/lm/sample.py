@@ -1,7 +1,8 @@
 """Text generation: greedy, temperature, top-k and top-p (nucleus) sampling, stop strings, beam search.
 
-The prefix is run through the model once to warm the state; after that each new
-token costs one step of the recurrence (no re-running of the prefix). ``generate``
+The prefix is run through the model once to warm the state (``prime``: a long one in chunks of
+``PROMPT_CHUNK`` tokens, the state carried); after that each new token costs one step of the
+recurrence (no re-running of the prefix). ``generate``
 returns whole samples; ``iter_generate`` yields the text while it is being made;
 ``beam_search`` keeps the ``beam`` most likely continuations at every step.
 
@@ -89,6 +90,22 @@ def prompt_ids(model, tokenizer, prefix: str) -> list[int]:
     if len(ids) == 0:
         raise TextrnnError("the prefix is empty (after normalization): give --prefix with at least one character")
     return ids
+
+
+PROMPT_CHUNK = 512  # prompt tokens per forward call: a long prompt is read in pieces, the state carried
+
+
+def prime(model, ids: list[int], rows: int, chunk: int | None = None):
+    """Read the prompt ``ids`` into ``rows`` identical rows, ``chunk`` tokens a call with the state carried (so a
+    prompt of any length takes the memory of one chunk's logits) -> the last logits (rows, V) and the state. The
+    result is that of one call over the whole prompt."""
+    chunk = chunk or PROMPT_CHUNK
+    device = next(model.parameters()).device
+    tokens = torch.as_tensor(ids, device=device).unsqueeze(0).expand(rows, -1)
+    state = None
+    for start in range(0, tokens.shape[1], chunk):
+        logits, state = model(tokens[:, start : start + chunk], state)
+    return logits[:, -1], state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,9 +232,7 @@ def iter_generate(model, prefix: str, config: SampleConfig | None = None, tokeni
     was_training = model.training
     model.eval()
     try:
-        tokens = torch.as_tensor(ids, device=device).unsqueeze(0).expand(config.num_samples, -1)
-        logits, state = model(tokens, None)
-        logits = logits[:, -1]
+        logits, state = prime(model, ids, config.num_samples)
         for position in range(config.length):
             # Every row is drawn, finished or not, so the random draws stay those of generate().
             chosen = _choose(logits, config, generator, tokenizer.unk_id)
@@ -263,9 +278,7 @@ def generate(model, prefix: str, config: SampleConfig | None = None, tokenizer=N
     was_training = model.training
     model.eval()
     try:
-        tokens = torch.as_tensor(ids, device=device).unsqueeze(0).expand(config.num_samples, -1)
-        logits, state = model(tokens, None)
-        logits = logits[:, -1]
+        logits, state = prime(model, ids, config.num_samples)
         # The tokens stay on the device until the end: no host sync per step.
         out = torch.empty(config.num_samples, config.length, dtype=torch.long, device=device)
         for position in range(config.length):
@@ -385,13 +398,11 @@ def beam_search(model, prefix: str, config: SampleConfig | None = None, tokenize
     config = config or SampleConfig(**options)
     tokenizer = _tokenizer_of(model, tokenizer)
     ids = prompt_ids(model, tokenizer, prefix)
-    device = next(model.parameters()).device
     search = BeamSearch(token_table(tokenizer), config, tokenizer.unk_id)
     was_training = model.training
     model.eval()
     try:
-        logits, state = model(torch.as_tensor(ids, device=device).unsqueeze(0), None)
-        logits = logits[:, -1]
+        logits, state = prime(model, ids, 1)
         while (parents := search.advance(logits)) is not None:
             state = map_state(lambda tensor: tensor.index_select(1, parents), state)
             logits, state = model.step(search.tokens, state)

@@ -6,6 +6,12 @@ right start for the next (carried, detached). A new random offset in ``[0, T)`` 
 epoch shifts the cut points. ``random``: windows at random positions, state reset
 every batch. Both are a pure function of ``(seed, epoch)``, so a run can resume at
 any batch.
+
+Several documents (``starts``: where each begins in the stream) are kept apart in
+``sequential`` batches by a third tensor, ``starts`` (B, T + 1) bool on the CPU: column
+``t < T`` marks a row whose input ``t`` is the first token of a document (the state is
+reset there), column ``T`` one whose next batch begins a document; a target that is the
+first token of a document is not predicted from the one before it (the loss skips it).
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ class Batches:
     """
 
     def __init__(
-        self, tokens: torch.Tensor, batch_size: int, num_steps: int, partition: str, seed: int, split: str = "train"
+        self,
+        tokens: torch.Tensor,
+        batch_size: int,
+        num_steps: int,
+        partition: str,
+        seed: int,
+        split: str = "train",
+        starts: list[int] | None = None,
     ):
         needed = batch_size * num_steps + num_steps
         if tokens.numel() < needed:
@@ -40,6 +53,8 @@ class Batches:
         # Room for the largest offset (T - 1) plus the one-token shift of the targets.
         self.row_length = (tokens.numel() - num_steps) // batch_size
         self.carries_state = partition == "sequential"
+        # the documents after the first (a document at 0 starts the stream, and every row starts afresh anyway)
+        self.starts = [start for start in starts or () if start > 0] if self.carries_state else []
         if partition == "sequential":
             self.per_epoch = self.row_length // num_steps
         else:
@@ -47,6 +62,15 @@ class Batches:
 
     def _generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+
+    def _marks(self, offset: int) -> torch.Tensor:
+        """(B, row length + 1) bool: True where a row's input is the first token of a document."""
+        marks = torch.zeros(self.batch_size, self.row_length + 1, dtype=torch.bool)
+        for start in self.starts:
+            position = start - offset
+            if 0 <= position < self.row_length * self.batch_size:
+                marks[position // self.row_length, position % self.row_length] = True
+        return marks
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of one epoch, beginning at batch index ``start``."""
@@ -57,8 +81,10 @@ class Batches:
             span = self.row_length * B
             inputs = self.tokens[offset : offset + span].view(B, -1)
             targets = self.tokens[offset + 1 : offset + 1 + span].view(B, -1)
+            marks = self._marks(offset) if self.starts else None
             for k in range(start, self.per_epoch):
-                yield inputs[:, k * T : (k + 1) * T].long(), targets[:, k * T : (k + 1) * T].long()
+                batch = inputs[:, k * T : (k + 1) * T].long(), targets[:, k * T : (k + 1) * T].long()
+                yield (*batch, marks[:, k * T : (k + 1) * T + 1]) if marks is not None else batch
         else:
             order = torch.randperm(self.per_epoch * B, generator=generator)
             starts = (offset + order * T).to(self.tokens.device)

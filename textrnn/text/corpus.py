@@ -1,12 +1,19 @@
-"""Corpora: the built-in registry, the cache directory, downloads, local files, split points.
+"""Corpora: the built-in registry, the cache directory, downloads, local files, folders of files, split points.
 
 A built-in corpus is looked up in the data directory (``$TEXTRNN_DATA_DIR``, else
 ``corpora/`` of a source checkout, else the user cache directory), downloaded from
 its canonical URL when missing, verified against its SHA-1 and written atomically.
+
+A corpus of several documents (``--corpus`` given more than once, or a directory) is
+``collect``ed: directories are walked recursively in sorted order, ``--glob`` picks the
+files, hidden files, binary files (a NUL byte in their first 8 KB) and empty files are
+skipped and counted, and a file that is not UTF-8 is named with the offset of its first
+bad byte.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import urllib.request
@@ -113,6 +120,85 @@ def resolve(corpus: str, directory: Path | None = None) -> tuple[Path, str | Non
     if corpus in BUILTIN:
         return fetch_builtin(corpus, directory), BUILTIN[corpus].normalize
     return Path(corpus), None
+
+
+def is_collection(corpus) -> bool:
+    """Whether ``corpus`` (``TrainConfig.corpus``) names several documents: several paths, or a directory."""
+    if isinstance(corpus, tuple | list):
+        return True
+    return corpus not in BUILTIN and Path(corpus).is_dir()
+
+
+@dataclass(frozen=True)
+class Document:
+    path: Path  # absolute, or the built-in corpus's file
+    text: str
+    sha1: str
+
+
+BINARY_PROBE = 8192  # bytes looked at for a NUL, like git's binary check
+
+
+def collect(corpus, pattern: str | None = None, directory: Path | None = None) -> tuple[list[Document], dict]:
+    """The documents of a corpus of several paths (built-in names, files, directories): ``(documents, skipped)``
+    where ``skipped`` counts the ``hidden``, ``binary`` and ``empty`` files left out. ``pattern`` (``--glob``)
+    picks the files of a directory by name (``*.txt``) or, with a ``/`` in it, by path below the directory."""
+    entries = [corpus] if isinstance(corpus, str) else list(corpus)
+    documents, skipped = [], {"hidden": 0, "binary": 0, "empty": 0}
+    for entry in entries:
+        if entry in BUILTIN:
+            path = fetch_builtin(entry, directory)
+            documents.append(Document(path, read_text(path), sha1_of(path)))
+            continue
+        root = Path(entry)
+        if not root.exists():
+            read_text(root)  # the error of a missing file
+        files = [root] if root.is_file() else _listing(root, pattern, skipped)
+        for path in files:
+            data = path.read_bytes()
+            if not data:
+                skipped["empty"] += 1
+            elif root.is_dir() and b"\0" in data[:BINARY_PROBE]:
+                skipped["binary"] += 1
+            else:
+                documents.append(Document(path.resolve(), _decoded(path, data), hashlib.sha1(data).hexdigest()))
+    if not documents:
+        counts = ", ".join(f"{count} {kind}" for kind, count in skipped.items() if count)
+        raise TextrnnError(
+            f"--corpus {' '.join(map(str, entries))} holds no text file"
+            + (f" ({counts} skipped)" if counts else "")
+            + (f" matching --glob {pattern!r}" if pattern else "")
+            + ": give files or directories of UTF-8 text"
+        )
+    return documents, skipped
+
+
+def _listing(root: Path, pattern: str | None, skipped: dict) -> list[Path]:
+    """The files below ``root`` that ``pattern`` picks, sorted; hidden ones (a name from ``root`` down starting
+    with a dot) are counted in ``skipped`` instead."""
+    files = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        relative = path.relative_to(root).as_posix()
+        name = relative if pattern and "/" in pattern else path.name
+        if pattern and not fnmatch.fnmatch(name, pattern):
+            continue
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            skipped["hidden"] += 1
+            continue
+        files.append(path)
+    return files
+
+
+def _decoded(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TextrnnError(
+            f"{path} is not valid UTF-8 (bad byte at offset {error.start}): convert it, e.g. iconv -t UTF-8, "
+            "or leave it out with --glob"
+        ) from None
 
 
 def split(length: int, val_fraction: float, test_fraction: float) -> tuple[slice, slice, slice]:

@@ -77,13 +77,16 @@ class CharTokenizer:
         vocab = {UNK: 0}
         for char in sorted(set(normalized_training_text)):
             vocab[char] = len(vocab)
-        backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-        normalizer = make_normalizer(normalize)
-        if normalizer is not None:
-            backend.normalizer = normalizer
-        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-        backend.decoder = decoders.Fuse()
-        return cls(backend)
+        return cls(_char_backend(vocab, make_normalizer(normalize)))
+
+    def extended(self, characters) -> CharTokenizer:
+        """This tokenizer with ``characters`` added after its own (fine-tuning on a text with new characters): the
+        old ids stay, the new ones follow in the order given."""
+        vocab = self.backend.get_vocab()
+        for char in characters:
+            if char not in vocab:
+                vocab[char] = len(vocab)
+        return CharTokenizer(_char_backend(vocab, self.backend.normalizer))
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:
@@ -148,6 +151,28 @@ class CharTokenizer:
         """Characters of ``text`` (after normalization) that the vocabulary lacks."""
         known = set(self._id_to_char[1:])
         return sorted(set(self.normalize(text)) - known)
+
+
+def _char_backend(vocab: dict, normalizer) -> Tokenizer:
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    if normalizer is not None:
+        backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return backend
+
+
+def unknown_counts(tokenizer, normalized_text: str, ids: np.ndarray) -> dict[str, int]:
+    """The characters of ``normalized_text`` that ``tokenizer`` encoded as ``<unk>`` (``ids`` are its ids), with
+    their counts, most frequent first. Only a character tokenizer has unknowns (bytes and BPE cover any text)."""
+    if tokenizer.kind != "char":
+        return {}
+    where = np.flatnonzero(np.asarray(ids) == tokenizer.unk_id)
+    counts: dict[str, int] = {}
+    for position in where.tolist():
+        char = normalized_text[position]
+        counts[char] = counts.get(char, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _printable_bytes() -> list[str]:

@@ -19,6 +19,7 @@ class Task:
     batch_size: int  # rows of a global batch
     carries_state: bool  # the state left by one batch starts the next (truncated BPTT)
     even_rows: bool  # every process must get the same number of rows (a carried state needs it)
+    graph_obstacle: str | None = None  # why this task's steps cannot be captured in a CUDA graph (None: they can)
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError

@@ -97,6 +97,8 @@ class Run:
         if world.active:  # the same initial weights everywhere, then each process its own dropout masks
             torch.manual_seed((config.seed + world.rank) % 2**63)
         obstacle = graph_obstacle(config, device, world.active)
+        if obstacle is None and getattr(task, "graph_obstacle", None):  # the task's batches cannot be graphed
+            obstacle = task.graph_obstacle
         self.optimizer = build_optimizer(self.model, config, capturable=obstacle is None)
         # With several processes, DDP averages the gradients of their rows: the gradient of the global batch.
         stepper = torch.nn.parallel.DistributedDataParallel(self.model) if world.active else self.model
