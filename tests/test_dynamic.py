@@ -81,6 +81,6 @@ def test_eval_dynamic_reports_both_figures_side_by_side(run):
     static = json.loads(runner.invoke(cli, ["eval", "--checkpoint", str(run), "--split", "val", "--json"]).stdout)
     assert static["perplexity"] == figures["perplexity"]  # the top-level figures stay static
     text = runner.invoke(cli, ["eval", "--checkpoint", str(run), "--dynamic", "--dynamic-segment", "3"]).stdout
-    assert "dynamic evaluation (lr 5e-05, decay 0.002, segments of 3)" in text
+    assert f"dynamic evaluation (lr {DynamicConfig.lr:g}, decay {DynamicConfig.decay:g}, segments of 3)" in text
     refused = runner.invoke(cli, ["eval", "--checkpoint", str(run), "--dynamic-lr", "0.1"])
     assert refused.exit_code == 1 and "add --dynamic" in refused.stderr
