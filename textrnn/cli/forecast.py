@@ -15,7 +15,6 @@ import click
 import numpy as np
 
 from textrnn.checkpoint import json_safe
-from textrnn.cli import options
 from textrnn.cli.common import (
     command,
     given,
@@ -24,6 +23,7 @@ from textrnn.cli.common import (
     set_threads,
     warn_ignored_on_resume,
 )
+from textrnn.cli.options import FORECAST, FORECAST_WORDS, MODEL, OPTIMIZATION, training_options
 from textrnn.cli.progress import ProgressPrinter
 from textrnn.config import (
     DEVICES,
@@ -43,7 +43,7 @@ _JSON_KEYS = (
     "elapsed_sec",
     "checkpoint",
 )
-_training_options = functools.partial(options.training_options, (ForecastConfig,), options.FORECAST_WORDS)
+_training_options = functools.partial(training_options, (ForecastConfig,), FORECAST_WORDS)
 
 
 def _split_list(values) -> tuple[str, ...]:
@@ -142,7 +142,7 @@ def forecast() -> None:
 
 
 @forecast.command("train")
-@_training_options(options.FORECAST, options.MODEL, options.OPTIMIZATION)
+@_training_options(FORECAST, MODEL, OPTIMIZATION)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -337,7 +337,7 @@ def predict_command(checkpoint, weights, csv_files, future_files, steps, out, pl
 
 
 @forecast.command("compare")
-@_training_options(options.FORECAST, options.MODEL, options.OPTIMIZATION, skip=("--cell",))
+@_training_options(FORECAST, MODEL, OPTIMIZATION, skip=("--cell",))
 @click.option(
     "--cells", default="gru,lstm", show_default=True, help="Comma-separated cells, trained one after another."
 )

@@ -18,7 +18,6 @@ from pathlib import Path
 import click
 
 from textrnn.checkpoint import json_safe
-from textrnn.cli import options
 from textrnn.cli.common import (
     command,
     given,
@@ -26,6 +25,14 @@ from textrnn.cli.common import (
     run_with_progress,
     set_threads,
     warn_ignored_on_resume,
+)
+from textrnn.cli.options import (
+    LANGUAGE_MODEL,
+    LANGUAGE_MODEL_WORDS,
+    MODEL,
+    OPTIMIZATION,
+    some_options,
+    training_options,
 )
 from textrnn.config import (
     DEVICES,
@@ -36,7 +43,7 @@ from textrnn.errors import TextrnnError
 from textrnn.lm.dynamic import DynamicConfig
 from textrnn.tables import columns, number
 
-training_options = functools.partial(options.training_options, (ModelConfig, TrainConfig), options.LANGUAGE_MODEL_WORDS)
+training_options = functools.partial(training_options, (ModelConfig, TrainConfig), LANGUAGE_MODEL_WORDS)
 
 
 def _configs(options: dict, cell: str | None) -> tuple[ModelConfig, TrainConfig]:
@@ -63,7 +70,7 @@ def _finetune_configs(init_from: Path, options: dict, cell: str | None) -> tuple
 
 
 @click.command()
-@training_options(options.MODEL, options.LANGUAGE_MODEL, options.OPTIMIZATION)
+@training_options(MODEL, LANGUAGE_MODEL, OPTIMIZATION)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -191,7 +198,7 @@ def _toml_value(value) -> str:
 
 
 @click.command()
-@training_options(options.MODEL, options.LANGUAGE_MODEL, options.OPTIMIZATION, skip=("--cell",))
+@training_options(MODEL, LANGUAGE_MODEL, OPTIMIZATION, skip=("--cell",))
 @click.option(
     "--cells",
     default="gru,lstm,rnn_tanh",
@@ -497,10 +504,10 @@ def fill(text, checkpoint, weights, draw, temperature, top_k, seed, device, json
 
 @click.command()
 @click.option("--corpus", required=True, help="A UTF-8 text file (or a built-in corpus) to tokenize.")
-@options.some_options(
+@some_options(
     (TrainConfig,),
-    options.LANGUAGE_MODEL_WORDS,
-    options.LANGUAGE_MODEL,
+    LANGUAGE_MODEL_WORDS,
+    LANGUAGE_MODEL,
     ("--normalize", "--tokenizer", "--vocab-size", "--val-fraction", "--test-fraction"),
 )
 @click.option(

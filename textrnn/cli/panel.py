@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from textrnn.checkpoint import json_safe, write_json
-from textrnn.cli import options
 from textrnn.cli.common import command, given, set_threads
+from textrnn.cli.options import FORECAST, FORECAST_WORDS, MODEL, OPTIMIZATION, some_options, training_options
 from textrnn.cli.progress import ProgressPrinter
 from textrnn.config import LIMITS, PANEL_DEFAULTS, PANEL_FORMATS, ForecastConfig, PanelConfig
 from textrnn.errors import TextrnnError
@@ -65,10 +65,8 @@ def _progress():
 
 
 @click.command("m4")
-@options.training_options(
-    (ForecastConfig,), options.FORECAST_WORDS, options.MODEL, options.OPTIMIZATION, overrides=_SHOWN
-)
-@options.some_options((ForecastConfig,), options.FORECAST_WORDS, options.FORECAST, _MODEL_FLAGS, overrides=_SHOWN)
+@training_options((ForecastConfig,), FORECAST_WORDS, MODEL, OPTIMIZATION, overrides=_SHOWN)
+@some_options((ForecastConfig,), FORECAST_WORDS, FORECAST, _MODEL_FLAGS, overrides=_SHOWN)
 @click.option(
     "--train",
     "--csv",
